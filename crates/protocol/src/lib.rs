@@ -1,0 +1,15 @@
+//! Everything the pipeline's broker, publisher and subscriber share: the reading and
+//! its encodings, topics, verification, report types, connection options, exit codes
+//! and the shutdown signal.
+
+pub mod connect;
+pub mod exit;
+pub mod logging;
+pub mod progress;
+pub mod reading;
+pub mod report;
+pub mod resources;
+pub mod shutdown;
+pub mod timing;
+pub mod topic;
+pub mod verify;
