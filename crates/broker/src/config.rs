@@ -1,0 +1,488 @@
+//! The broker's own configuration: a small TOML file we own (`config/broker.toml`, commented
+//! key by key) instead of rumqttd's sprawling format. Values are checked here, up front, so a
+//! mistake is a one-line error naming the file and the key rather than a panic inside a rumqttd
+//! thread; only then are they mapped onto `rumqttd::Config`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the broker looks for its configuration when `--config` is not given, relative to the
+/// current directory.
+pub const DEFAULT_PATH: &str = "config/broker.toml";
+
+/// MQTT's largest possible "remaining length" (the 4-byte variable length integer's maximum).
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// Everything `mqtt-broker` can be told in its TOML file. Missing keys take the
+/// [`Default`] values, which equal the shipped `config/broker.toml`; unknown keys are errors.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub listener: ListenerConfig,
+    pub connections: ConnectionsConfig,
+    pub router: RouterConfig,
+}
+
+/// `[listener]`: where the MQTT 3.1.1 TCP listener binds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// IP:PORT to listen on; port 0 picks a free port.
+    pub address: SocketAddr,
+    /// Pause after each accepted TCP connection (a crude accept-rate limit).
+    pub next_connection_delay_ms: u64,
+}
+
+/// `[connections]`: limits applied to every client connection.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// Time a new connection has to send its CONNECT packet.
+    pub connection_timeout_ms: u16,
+    /// Largest accepted packet "remaining length" (topic + payload + headers), in bytes.
+    pub max_payload_size: usize,
+    /// Packets read from one socket per batch (rumqttd's name; not the MQTT in-flight window).
+    pub max_inflight_count: usize,
+    /// Maximum number of simultaneous client connections.
+    pub max_connections: usize,
+}
+
+/// `[router]`: the size of rumqttd's in-memory commit logs and its delivery batches.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Size of one commit-log segment, in bytes.
+    pub max_segment_size: usize,
+    /// Number of segments one commit log keeps in memory.
+    pub max_segment_count: usize,
+    /// QoS 0 messages handed to one subscriber per scheduling round.
+    pub max_outgoing_packet_count: u64,
+}
+
+// The defaults, in one place. `shipped_config_equals_defaults` keeps config/broker.toml equal.
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            address: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1883)),
+            next_connection_delay_ms: 1,
+        }
+    }
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            connection_timeout_ms: 10_000,
+            max_payload_size: 256 * 1024,
+            max_inflight_count: 100,
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 200,
+        }
+    }
+}
+
+/// Where a configuration came from, for log lines and `--check-config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    BuiltIn,
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+            ConfigSource::BuiltIn => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+/// A configuration that could not be read, parsed or accepted. Each variant displays as one
+/// line naming the file (and, where known, the line and key).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {error} (check --config or MQTT_BROKER_CONFIG)")]
+    Read { path: String, error: io::Error },
+    #[error("{origin}:{line}:{column}: {key}: {message}")]
+    Parse {
+        origin: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{origin}: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("{origin}: {setting}")]
+    Invalid {
+        origin: String,
+        setting: InvalidSetting,
+    },
+}
+
+/// One setting whose value the broker refuses, e.g. a zero size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} = {value}: {problem}")]
+pub struct InvalidSetting {
+    /// `[section] key`, as written in the file.
+    pub key: &'static str,
+    pub value: String,
+    pub problem: &'static str,
+}
+
+impl BrokerConfig {
+    /// Loads the configuration: `explicit` if given (a missing file is an error), else
+    /// [`DEFAULT_PATH`] if it exists, else the built-in defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<(Self, ConfigSource), ConfigError> {
+        let path = match explicit {
+            Some(path) => path.to_path_buf(),
+            None => {
+                let path = PathBuf::from(DEFAULT_PATH);
+                match std::fs::metadata(&path) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Ok((BrokerConfig::default(), ConfigSource::BuiltIn))
+                    }
+                    _ => path,
+                }
+            }
+        };
+        let config = Self::from_file(&path)?;
+        Ok((config, ConfigSource::File(path)))
+    }
+
+    /// Reads, parses and validates one TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: origin.clone(),
+            error,
+        })?;
+        Self::from_toml(&text, &origin)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors (usually the file path).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: BrokerConfig =
+            toml::from_str(text).map_err(|e| parse_error(origin, text, &e))?;
+        config.validate().map_err(|setting| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            setting,
+        })?;
+        Ok(config)
+    }
+
+    /// Rejects values rumqttd would choke on (several of them panic inside its threads).
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let c = &self.connections;
+        let r = &self.router;
+        let checks: [(&'static str, u64, bool, &'static str); 7] = [
+            (
+                "[connections] connection_timeout_ms",
+                u64::from(c.connection_timeout_ms),
+                c.connection_timeout_ms > 0,
+                "must be at least 1 (0 would drop every client before its CONNECT)",
+            ),
+            (
+                "[connections] max_payload_size",
+                c.max_payload_size as u64,
+                (1..=MQTT_MAX_PACKET).contains(&c.max_payload_size),
+                "must be between 1 and 268435455 (MQTT's largest packet)",
+            ),
+            (
+                "[connections] max_inflight_count",
+                c.max_inflight_count as u64,
+                c.max_inflight_count > 0,
+                "must be at least 1",
+            ),
+            (
+                "[connections] max_connections",
+                c.max_connections as u64,
+                c.max_connections > 0,
+                "must be at least 1",
+            ),
+            (
+                "[router] max_segment_size",
+                r.max_segment_size as u64,
+                r.max_segment_size >= 1024,
+                "must be at least 1024 bytes (rumqttd panics below 1 KiB)",
+            ),
+            (
+                "[router] max_segment_count",
+                r.max_segment_count as u64,
+                r.max_segment_count > 0,
+                "must be at least 1 (rumqttd panics on 0)",
+            ),
+            (
+                "[router] max_outgoing_packet_count",
+                r.max_outgoing_packet_count,
+                r.max_outgoing_packet_count > 0,
+                "must be at least 1 (0 would starve QoS 0 subscribers)",
+            ),
+        ];
+        match checks.into_iter().find(|(_, _, ok, _)| !ok) {
+            Some((key, value, _, problem)) => Err(InvalidSetting {
+                key,
+                value: value.to_string(),
+                problem,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Maps this configuration onto rumqttd's: one MQTT 3.1.1 (v4) server named `server_name`
+    /// listening on `listen` (the concrete address, never port 0), no TLS, no auth, no extras.
+    pub fn to_rumqttd(&self, listen: SocketAddr, server_name: &str) -> rumqttd::Config {
+        let connections = rumqttd::ConnectionSettings {
+            connection_timeout_ms: self.connections.connection_timeout_ms,
+            max_payload_size: self.connections.max_payload_size,
+            max_inflight_count: self.connections.max_inflight_count,
+            auth: None,
+            external_auth: None,
+            // Only consulted for a publish no filter matches; `false` would disconnect such a
+            // publisher, `true` keeps the ordinary MQTT behaviour.
+            dynamic_filters: true,
+        };
+        let server = rumqttd::ServerSettings {
+            name: server_name.to_owned(),
+            listen,
+            tls: None,
+            next_connection_delay_ms: self.listener.next_connection_delay_ms,
+            connections,
+        };
+        rumqttd::Config {
+            id: 0,
+            router: rumqttd::RouterConfig {
+                max_connections: self.connections.max_connections,
+                max_outgoing_packet_count: self.router.max_outgoing_packet_count,
+                max_segment_size: self.router.max_segment_size,
+                max_segment_count: self.router.max_segment_count,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Default::default(),
+            },
+            v4: Some(HashMap::from([(server_name.to_owned(), server)])),
+            ..Default::default()
+        }
+    }
+}
+
+/// Turns a TOML/serde error into one line: `file:line:column: [section] key: message`.
+fn parse_error(origin: &str, text: &str, error: &toml::de::Error) -> ConfigError {
+    let message = error.message().trim().replace('\n', "; ");
+    match error.span() {
+        Some(span) => {
+            let at = locate(text, span.start);
+            ConfigError::Parse {
+                origin: origin.to_owned(),
+                line: at.line,
+                column: at.column,
+                key: at.key,
+                message,
+            }
+        }
+        None => ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message,
+        },
+    }
+}
+
+/// A byte offset in a TOML text, as a human finds it: line, column and `[section] key`.
+#[derive(Debug, PartialEq, Eq)]
+struct Location {
+    line: usize,
+    column: usize,
+    key: String,
+}
+
+fn locate(text: &str, offset: usize) -> Location {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    let this_line = text[line_start..].lines().next().unwrap_or("").trim();
+
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    let key = if this_line.starts_with('[') {
+        this_line.to_owned()
+    } else {
+        let name = this_line.split('=').next().unwrap_or("").trim();
+        match section {
+            Some(section) => format!("{section} {name}"),
+            None => name.to_owned(),
+        }
+    };
+    Location { line, column, key }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../../config/broker.toml");
+
+    #[test]
+    fn shipped_config_equals_defaults() {
+        let parsed = BrokerConfig::from_toml(SHIPPED, "config/broker.toml").unwrap();
+        assert_eq!(parsed, BrokerConfig::default());
+        assert_eq!(parsed.listener.address.to_string(), "127.0.0.1:1883");
+    }
+
+    #[test]
+    fn every_shipped_setting_has_a_comment() {
+        let lines: Vec<&str> = SHIPPED.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.contains('=') && !line.trim_start().starts_with('#') {
+                assert!(
+                    i > 0 && lines[i - 1].trim_start().starts_with('#'),
+                    "setting without comment: {line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn empty_file_means_defaults_and_partial_file_overrides() {
+        assert_eq!(
+            BrokerConfig::from_toml("", "x").unwrap(),
+            BrokerConfig::default()
+        );
+        let c = BrokerConfig::from_toml("[router]\nmax_segment_count = 3\n", "x").unwrap();
+        assert_eq!(c.router.max_segment_count, 3);
+        assert_eq!(
+            c.router.max_segment_size,
+            RouterConfig::default().max_segment_size
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "[listener]\naddress = \"127.0.0.1:1\"\nbogus = 1\n";
+        let err = BrokerConfig::from_toml(text, "my.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("my.toml:3:1: [listener] bogus: unknown field `bogus`"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn unknown_section_and_wrong_type_are_one_line() {
+        let err = BrokerConfig::from_toml("[nope]\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("f.toml:1:"), "{err}");
+        assert!(err.contains("nope"), "{err}");
+
+        let text = "[connections]\nmax_payload_size = \"big\"\n";
+        let err = BrokerConfig::from_toml(text, "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f.toml:2:20: [connections] max_payload_size: invalid type"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn bad_address_and_overflowing_timeout_are_rejected() {
+        let err = BrokerConfig::from_toml("[listener]\naddress = \"localhost\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[listener] address"), "{err}");
+        let err = BrokerConfig::from_toml("[connections]\nconnection_timeout_ms = 70000\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[connections] connection_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn zero_and_too_small_values_are_invalid() {
+        for (text, key) in [
+            (
+                "[router]\nmax_segment_size = 512\n",
+                "[router] max_segment_size",
+            ),
+            (
+                "[router]\nmax_segment_count = 0\n",
+                "[router] max_segment_count",
+            ),
+            (
+                "[router]\nmax_outgoing_packet_count = 0\n",
+                "[router] max_outgoing_packet_count",
+            ),
+            (
+                "[connections]\nmax_payload_size = 0\n",
+                "[connections] max_payload_size",
+            ),
+            (
+                "[connections]\nmax_inflight_count = 0\n",
+                "[connections] max_inflight_count",
+            ),
+            (
+                "[connections]\nmax_connections = 0\n",
+                "[connections] max_connections",
+            ),
+            (
+                "[connections]\nconnection_timeout_ms = 0\n",
+                "[connections] connection_timeout_ms",
+            ),
+        ] {
+            let err = BrokerConfig::from_toml(text, "f.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&format!("f.toml: {key} = ")), "{err}");
+        }
+    }
+
+    #[test]
+    fn maps_onto_one_v4_server() {
+        let listen: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let r = BrokerConfig::default().to_rumqttd(listen, "srv");
+        let v4 = r.v4.unwrap();
+        assert_eq!(v4.len(), 1);
+        let server = &v4["srv"];
+        assert_eq!(server.listen, listen);
+        assert_eq!(server.connections.max_payload_size, 256 * 1024);
+        assert!(r.v5.is_none() && r.ws.is_none() && r.prometheus.is_none());
+        assert_eq!(r.router.max_segment_count, 10);
+    }
+
+    #[test]
+    fn locate_finds_section_and_key() {
+        let text = "# c\n[a]\nx = 1\n\n[b]\n  y = 2\n";
+        let at = locate(text, text.find("y").unwrap());
+        assert_eq!(
+            at,
+            Location {
+                line: 6,
+                column: 3,
+                key: "[b] y".into()
+            }
+        );
+        let at = locate(text, text.find("[b]").unwrap());
+        assert_eq!(at.key, "[b]");
+    }
+}

@@ -1,0 +1,92 @@
+//! Logging for the broker: one human-readable line per event on stderr (no colour unless
+//! stderr is a terminal), filtered by `RUST_LOG` (default `info`). On top of the usual
+//! set-up it demotes rumqttd's per-connection chatter (see `noise`) and listens for rumqttd's
+//! lifecycle events (see `lifecycle`), which `run` needs whatever the log level.
+
+use std::io::IsTerminal;
+
+use tracing::Level;
+use tracing_subscriber::filter::FilterExt;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::EnvFilter;
+
+use crate::lifecycle;
+use crate::noise::{NoiseFilter, NoiseFormat, ShowNoise, BROKER_TARGET, ROUTER_TARGET};
+
+/// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is unset or empty;
+/// an unparsable `RUST_LOG` falls back to it with a warning. Does nothing if a global
+/// subscriber is already installed (the broker then cannot see rumqttd's lifecycle unless that
+/// subscriber includes [`crate::lifecycle_layer`]).
+pub fn init(default_filter: &str) {
+    let mut rejected = None;
+    let spec = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
+            Ok(_) => spec,
+            Err(e) => {
+                rejected = Some(format!(
+                    "ignoring RUST_LOG={spec:?} ({e}); using {default_filter:?}"
+                ));
+                default_filter.to_owned()
+            }
+        },
+        _ => default_filter.to_owned(),
+    };
+    let show = noise_shown(&spec);
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .event_format(NoiseFormat::new())
+        .with_filter(EnvFilter::new(&spec).and(NoiseFilter { show }));
+    let installed = tracing_subscriber::registry()
+        .with(stderr)
+        .with(lifecycle::layer())
+        .try_init();
+    if let (Ok(()), Some(warning)) = (installed, rejected) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// Whether `spec` (an `RUST_LOG` value) enables DEBUG for rumqttd's two noisy targets: asked of
+/// a throw-away subscriber, so the answer is exactly `EnvFilter`'s own.
+pub(crate) fn noise_shown(spec: &str) -> ShowNoise {
+    let probe = tracing_subscriber::registry().with(EnvFilter::new(spec));
+    tracing::subscriber::with_default(probe, || ShowNoise {
+        broker: tracing::enabled!(target: BROKER_TARGET, Level::DEBUG),
+        router: tracing::enabled!(target: ROUTER_TARGET, Level::DEBUG),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_is_shown_only_where_debug_is_enabled() {
+        let none = ShowNoise::default();
+        let both = ShowNoise {
+            broker: true,
+            router: true,
+        };
+        assert_eq!(noise_shown("info"), none);
+        assert_eq!(noise_shown("error"), none);
+        assert_eq!(noise_shown("rumqttd=info"), none);
+        assert_eq!(noise_shown("debug"), both);
+        assert_eq!(noise_shown("info,rumqttd=debug"), both);
+        assert_eq!(noise_shown("trace"), both);
+        assert_eq!(
+            noise_shown("info,rumqttd::router=debug"),
+            ShowNoise {
+                broker: false,
+                router: true
+            }
+        );
+        assert_eq!(
+            noise_shown("rumqttd::server::broker=debug"),
+            ShowNoise {
+                broker: true,
+                router: false
+            }
+        );
+    }
+}

@@ -1,0 +1,226 @@
+//! End-to-end stories for the `mqtt-broker` binary: it says where it listens, it really
+//! listens there, it stops cleanly on a signal, and it refuses bad input with one clear line.
+
+mod support;
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use support::{mqtt_handshake, run_to_end, shipped_config, workspace_root, Broker, TempFile, WAIT};
+
+const CONNACK_ACCEPTED: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
+
+#[test]
+fn port_zero_prints_the_real_address_and_serves_mqtt() {
+    let mut broker = Broker::start(&["--listen", "127.0.0.1:0"]);
+    let addr = broker.ready();
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0);
+
+    TcpStream::connect_timeout(&addr, WAIT).expect("TCP connect to the printed address");
+    assert_eq!(mqtt_handshake(addr, "story-1"), CONNACK_ACCEPTED);
+
+    broker.signal(libc::SIGTERM);
+    assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
+    assert!(
+        broker.stdout_lines().is_empty(),
+        "exactly one line on stdout"
+    );
+    let stderr = broker.stderr();
+    assert!(stderr.contains("shutting down"), "{stderr}");
+}
+
+#[test]
+fn sigint_stops_it_cleanly_too() {
+    let mut broker = Broker::start(&["--listen", "127.0.0.1:0"]);
+    broker.ready();
+    broker.signal(libc::SIGINT);
+    assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
+}
+
+#[test]
+fn listen_can_come_from_the_environment() {
+    let mut broker = Broker::start_with(
+        &[],
+        &[("MQTT_BROKER_LISTEN", "127.0.0.1:0")],
+        &workspace_root(),
+    );
+    let addr = broker.ready();
+    assert_ne!(addr.port(), 1883);
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stdout, stderr) = run_to_end(&["--listen", &addr], &workspace_root());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(
+        stderr.contains("--listen 127.0.0.1:0"),
+        "says what to try: {stderr}"
+    );
+}
+
+/// The `error:` lines of a run's stderr: there must be exactly one, naming the file.
+fn error_line(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0].to_owned()
+}
+
+#[test]
+fn an_unknown_key_is_a_one_line_error_naming_file_and_key() {
+    let file = TempFile::new("unknown-key.toml", "[listener]\nadress = \"127.0.0.1:0\"\n");
+    let (code, _, stderr) = run_to_end(&["--config", file.path()], &workspace_root());
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = error_line(&stderr);
+    assert!(line.contains(file.path()), "{line}");
+    assert!(line.contains("[listener] adress"), "{line}");
+}
+
+#[test]
+fn a_wrong_type_is_a_one_line_error_naming_file_and_key() {
+    let file = TempFile::new("wrong-type.toml", "[router]\nmax_segment_count = \"ten\"\n");
+    let (code, _, stderr) = run_to_end(&["--config", file.path()], &workspace_root());
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = error_line(&stderr);
+    assert!(line.contains(file.path()), "{line}");
+    assert!(line.contains("[router] max_segment_count"), "{line}");
+}
+
+#[test]
+fn a_value_rumqttd_would_panic_on_is_refused() {
+    let file = TempFile::new("tiny-segment.toml", "[router]\nmax_segment_size = 100\n");
+    let (code, _, stderr) = run_to_end(
+        &["--config", file.path(), "--check-config"],
+        &workspace_root(),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = error_line(&stderr);
+    assert!(line.contains("[router] max_segment_size = 100"), "{line}");
+}
+
+#[test]
+fn a_missing_explicit_config_is_an_error() {
+    let (code, _, stderr) = run_to_end(&["--config", "no/such/broker.toml"], &workspace_root());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        error_line(&stderr).contains("no/such/broker.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_accepts_the_shipped_file() {
+    let config = shipped_config();
+    let config = config.to_str().unwrap();
+    let (code, stdout, stderr) =
+        run_to_end(&["--config", config, "--check-config"], &workspace_root());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.ends_with("would listen on 127.0.0.1:1883"),
+        "{stdout}"
+    );
+
+    // Without --config, from the workspace root: the same file, found by default.
+    let (code, stdout, _) = run_to_end(&["--check-config"], &workspace_root());
+    assert_eq!(code, Some(0));
+    assert!(stdout.starts_with("config/broker.toml: ok"), "{stdout}");
+
+    // --listen wins over the file.
+    let (code, stdout, _) = run_to_end(
+        &["--check-config", "--listen", "127.0.0.1:7"],
+        &workspace_root(),
+    );
+    assert_eq!(code, Some(0));
+    assert!(stdout.ends_with("would listen on 127.0.0.1:7"), "{stdout}");
+}
+
+#[test]
+fn without_a_config_file_it_uses_built_in_defaults() {
+    let (code, stdout, stderr) = run_to_end(&["--check-config"], &std::env::temp_dir());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        "built-in defaults: ok, would listen on 127.0.0.1:1883"
+    );
+    assert!(stderr.contains("using built-in defaults"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _, _) = run_to_end(&["--no-such-flag"], &workspace_root());
+    assert_eq!(code, Some(2));
+    let (code, _, stderr) = run_to_end(&["--listen", "localhost"], &workspace_root());
+    assert_eq!(code, Some(2), "{stderr}");
+}
+
+/// Opens and drops `count` TCP connections, and sends garbage on a few more.
+fn abuse(addr: std::net::SocketAddr, count: usize) {
+    for _ in 0..count {
+        drop(TcpStream::connect_timeout(&addr, WAIT).expect("connect"));
+    }
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0xFF; 16][..],
+        &[0x10, 0x05, b'n', b'o', b'p', b'e', b'!'][..],
+        &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01][..],
+    ] {
+        let mut stream = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        let _ = stream.write_all(garbage);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn aborted_connections_are_not_errors_and_do_not_harm_the_broker() {
+    let mut broker = Broker::start(&["--listen", "127.0.0.1:0"]);
+    let addr = broker.ready();
+    abuse(addr, 50);
+    assert_eq!(mqtt_handshake(addr, "after-abuse"), CONNACK_ACCEPTED);
+    std::thread::sleep(Duration::from_millis(300));
+    broker.signal(libc::SIGTERM);
+    assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
+
+    let stderr = broker.stderr();
+    assert!(
+        !stderr.contains("ERROR"),
+        "no ERROR lines at the default level:\n{stderr}"
+    );
+    assert!(!stderr.contains("Error while handling"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "no colour codes when stderr is a pipe:\n{stderr}"
+    );
+    assert!(
+        stderr.lines().count() < 20,
+        "a handful of lines, not one per connection:\n{stderr}"
+    );
+}
+
+#[test]
+fn with_rumqttd_debug_each_aborted_handshake_is_one_debug_line() {
+    let env = [("RUST_LOG", "info,rumqttd=debug")];
+    let mut broker = Broker::start_with(&["--listen", "127.0.0.1:0"], &env, &workspace_root());
+    let addr = broker.ready();
+    abuse(addr, 10);
+    assert_eq!(mqtt_handshake(addr, "after-abuse"), CONNACK_ACCEPTED);
+    std::thread::sleep(Duration::from_millis(300));
+    broker.signal(libc::SIGTERM);
+    assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
+
+    let stderr = broker.stderr();
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    let handshakes: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Error while handling MQTT connect packet"))
+        .collect();
+    assert!(
+        (10..=14).contains(&handshakes.len()),
+        "one line per aborted handshake:\n{stderr}"
+    );
+    assert!(handshakes.iter().all(|l| l.contains(" DEBUG ")), "{stderr}");
+}
