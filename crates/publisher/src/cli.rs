@@ -1,0 +1,68 @@
+//! The publisher's command line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use mqtt_protocol::connect::BrokerArgs;
+use mqtt_protocol::reading::{PayloadFormat, MAX_DEVICE_ID_LEN};
+use mqtt_protocol::{exit, topic};
+
+/// IoT sensor simulator: publishes numbered sensor readings to an MQTT broker and counts
+/// the broker's acknowledgements.
+///
+/// Prints `Messages published: N` every --progress-every messages and a summary at the
+/// end on stderr; --report-json writes the same figures as JSON.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mqtt-publisher", version, after_help = exit::HELP)]
+pub struct PublisherArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    /// Topic to publish to (no wildcards).
+    #[arg(long, default_value = "sensors/data", value_parser = topic::parse_topic_name)]
+    pub topic: String,
+
+    /// Number of readings to publish (sequence numbers 1..=N).
+    #[arg(long, short = 'n', default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+
+    /// MQTT quality of service: 0 at most once, 1 at least once, 2 exactly once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+
+    /// Print `Messages published: N` every K messages (0: never).
+    #[arg(long, value_name = "K", default_value_t = 1000)]
+    pub progress_every: u64,
+
+    /// Write the final report as JSON to PATH (`-` for stdout).
+    #[arg(long, value_name = "PATH")]
+    pub report_json: Option<PathBuf>,
+
+    /// Payload encoding: compact binary or JSON.
+    #[arg(long, value_enum, default_value_t = PayloadFormat::Binary)]
+    pub payload: PayloadFormat,
+
+    /// Pad each reading to at least BYTES bytes (binary size; JSON comes out larger).
+    #[arg(long, value_name = "BYTES", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=(mqtt_protocol::connect::MAX_PACKET_SIZE as i64 / 2)))]
+    pub payload_size: u32,
+
+    /// Device id carried in every reading.
+    #[arg(long, default_value = "sensor-1", value_parser = device_id)]
+    pub device_id: String,
+
+    /// Publishes that may await their acknowledgement at once (the in-flight window).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inflight: u16,
+
+    /// Give up when the broker acknowledges nothing for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ack_timeout: u64,
+}
+
+fn device_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > MAX_DEVICE_ID_LEN {
+        Err(format!("must be 1 to {MAX_DEVICE_ID_LEN} bytes"))
+    } else {
+        Ok(s.to_owned())
+    }
+}
