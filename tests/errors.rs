@@ -1,0 +1,136 @@
+//! The error paths a user meets first: no broker, bad flags, readings that never came,
+//! and Ctrl-C, each with a clear message and a documented exit code.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{closed_port, num, publish, Broker, Proc, Subscriber};
+
+#[test]
+fn clients_fail_fast_with_advice_when_no_broker_runs() {
+    let port = closed_port().to_string();
+    for name in ["mqtt-publisher", "mqtt-subscriber"] {
+        let started = Instant::now();
+        let mut proc = Proc::spawn(name, &["--port", &port, "--connect-timeout", "3"]);
+        let status = proc.wait(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(1), "{name}: {}", proc.stderr());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+        let stderr = proc.stderr();
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{port}")),
+            "{name}: {stderr}"
+        );
+        assert!(stderr.contains("Is it running?"), "{name}: {stderr}");
+        assert_eq!(
+            stderr.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    let cases: &[(&str, &[&str])] = &[
+        ("mqtt-publisher", &["--qos", "3"]),
+        ("mqtt-publisher", &["--count", "many"]),
+        ("mqtt-publisher", &["--count", "0"]),
+        ("mqtt-publisher", &["--topic", "sensors/+"]),
+        ("mqtt-publisher", &["--no-such-flag"]),
+        ("mqtt-subscriber", &["--topic", "sensors/#/x"]),
+        ("mqtt-subscriber", &["--idle-timeout", "-1"]),
+        ("mqtt-subscriber", &["--port", "70000"]),
+        ("mqtt-broker", &["--listen", "not-an-address"]),
+    ];
+    for (name, args) in cases {
+        let mut proc = Proc::spawn(name, args);
+        let status = proc.wait(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(2), "{name} {args:?}: {}", proc.stderr());
+        assert!(
+            proc.stderr().contains("error:"),
+            "{name} {args:?}: {}",
+            proc.stderr()
+        );
+    }
+}
+
+#[test]
+fn help_and_version_work_for_every_binary() {
+    for name in ["mqtt-broker", "mqtt-publisher", "mqtt-subscriber"] {
+        let out = std::process::Command::new(support::bin(name))
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Exit codes"),
+            "{name} --help lacks exit codes:\n{help}"
+        );
+        let out = std::process::Command::new(support::bin(name))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(name));
+    }
+}
+
+#[test]
+fn a_subscriber_expecting_more_than_is_sent_reports_exactly_what_is_missing() {
+    let broker = Broker::start();
+    let subscriber = Subscriber::start(broker.port, &["--count", "1500", "--idle-timeout", "1"]);
+    let (status, _, stderr) = publish(broker.port, &["--count", "1000"], Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    let (status, report) = subscriber.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "{report}");
+    assert_eq!(num(&report, "distinct"), 1000);
+    assert_eq!(num(&report, "missing"), 500);
+    assert_eq!(report["complete"], false);
+    assert_eq!(report["idle_timeout"], true);
+}
+
+#[test]
+fn ctrl_c_stops_a_waiting_subscriber_with_its_summary() {
+    let broker = Broker::start();
+    let subscriber = Subscriber::start(broker.port, &["--count", "10"]);
+    subscriber.proc.signal(libc::SIGINT);
+    let (status, report) = subscriber.finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(report["interrupted"], true);
+    assert_eq!(num(&report, "missing"), 10);
+}
+
+#[test]
+fn sigterm_stops_a_publisher_mid_run_with_its_summary() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("p.json");
+    let port = broker.port_arg();
+    let mut publisher = Proc::spawn(
+        "mqtt-publisher",
+        &[
+            "--port",
+            &port,
+            "--count",
+            "100000000",
+            "--report-json",
+            report_path.to_str().unwrap(),
+        ],
+    );
+    publisher.wait_for_stderr("Messages published: 1000\n", Duration::from_secs(20));
+    publisher.signal(libc::SIGTERM);
+    let status = publisher.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{}", publisher.stderr());
+    let report = support::read_json(&report_path, &publisher);
+    assert_eq!(report["interrupted"], true);
+    let (published, acked) = (num(&report, "published"), num(&report, "acked"));
+    assert!((1000..100_000_000).contains(&published), "{report}");
+    // Everything handed to the broker before the signal was acknowledged in the grace period.
+    assert_eq!(acked, published, "{report}");
+    assert!(publisher.stderr().contains("Total messages published:"));
+}

@@ -1,0 +1,289 @@
+//! Test support: starts the real binaries on loopback, waits for them with bounded
+//! waits, and reads their reports, so that each test reads as a story.
+//!
+//! The binaries belong to other packages of the workspace, so `CARGO_BIN_EXE_*` is not
+//! available here; the first call builds them (`cargo build --bins`, a no-op when fresh)
+//! into the same target directory as this test and runs them from there.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The directory holding the workspace's binaries for this build profile.
+fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // This test runs from <target>/<profile>/deps/<name>-<hash>.
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable lives in <target>/<profile>/deps")
+            .to_path_buf();
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let target = dir.parent().expect("target directory");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "--bins", "--workspace"])
+            .arg("--target-dir")
+            .arg(target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile == "release" {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .expect("running cargo build for the binaries");
+        assert!(status.success(), "cargo build --bins failed");
+        dir
+    })
+}
+
+/// Path of one of the workspace's binaries, built and fresh.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A child process whose stderr goes to a file, killed when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    /// Starts `bin(name)` with `args`; stdout is piped for the caller to read.
+    pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = fs::File::create(&stderr_path).expect("stderr file");
+        let child = Command::new(bin(name))
+            .args(args)
+            .env_remove("MQTT_HOST")
+            .env_remove("MQTT_PORT")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            name: name.to_owned(),
+            child,
+            stderr_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits until stderr contains `needle`, panicking after `timeout` or if the process
+    /// exits first.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before printing {needle:?}; stderr:\n{}",
+                    self.name,
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{} did not print {needle:?} within {timeout:?}; stderr:\n{}",
+            self.name,
+            self.stderr()
+        );
+    }
+
+    /// Waits for the process to exit, killing it and panicking after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!(
+            "{} did not exit within {timeout:?}; stderr:\n{}",
+            self.name,
+            self.stderr()
+        );
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGINT`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Reads one line of stdout, bounded by `timeout`.
+    pub fn stdout_line(&mut self, timeout: Duration) -> String {
+        let stdout = self
+            .child
+            .stdout
+            .take()
+            .expect("stdout is piped and unread");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let mut reader = BufReader::new(stdout);
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining so the child never blocks on a full pipe.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        rx.recv_timeout(timeout).unwrap_or_else(|_| {
+            panic!(
+                "{} printed no line on stdout within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            )
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real broker on an ephemeral loopback port.
+pub struct Broker {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Broker {
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn("mqtt-broker", &args);
+        let line = proc.stdout_line(Duration::from_secs(20));
+        let addr = line
+            .trim()
+            .strip_prefix("mqtt-broker listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the broker: {line:?}"));
+        let port = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {addr:?}"));
+        Broker { proc, port }
+    }
+
+    pub fn port_arg(&self) -> String {
+        self.port.to_string()
+    }
+}
+
+/// A subscriber that has confirmed its subscription, writing its report to a file.
+pub struct Subscriber {
+    pub proc: Proc,
+    report: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Subscriber {
+    pub fn start(port: u16, extra: &[&str]) -> Subscriber {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let report = dir.path().join("subscriber.json");
+        let port = port.to_string();
+        let mut args = vec![
+            "--port",
+            &port,
+            "--report-json",
+            report.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn("mqtt-subscriber", &args);
+        proc.wait_for_stderr("subscribed to", Duration::from_secs(20));
+        Subscriber {
+            proc,
+            report,
+            _dir: dir,
+        }
+    }
+
+    /// Waits for the exit and returns its status and the JSON report.
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, Value) {
+        let status = self.proc.wait(timeout);
+        (status, read_json(&self.report, &self.proc))
+    }
+}
+
+/// Runs the publisher to completion; returns its status, JSON report and stderr.
+pub fn publish(port: u16, extra: &[&str], timeout: Duration) -> (ExitStatus, Value, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("publisher.json");
+    let port = port.to_string();
+    let mut args = vec![
+        "--port",
+        &port,
+        "--report-json",
+        report.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let mut proc = Proc::spawn("mqtt-publisher", &args);
+    let status = proc.wait(timeout);
+    let json = read_json(&report, &proc);
+    (status, json, proc.stderr())
+}
+
+/// Reads a JSON report a process wrote.
+pub fn read_json(path: &Path, proc: &Proc) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{} wrote no report at {} ({e}); stderr:\n{}",
+            proc.name,
+            path.display(),
+            proc.stderr()
+        )
+    });
+    serde_json::from_str(&text).expect("report is JSON")
+}
+
+/// A loopback port with nothing listening on it (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Shorthand for a JSON field as u64.
+pub fn num(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("report has no number {key:?}: {v}"))
+}
