@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod peers;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -289,8 +289,15 @@ fn decode_json(payload: &[u8]) -> Result<Reading<'_>, DecodeError> {
         serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
     let device_id = doc.device_id.unwrap_or(Cow::Borrowed(""));
     let stream_id = match &doc.stream_id {
-        Some(hex) => u64::from_str_radix(hex, 16)
-            .map_err(|_| DecodeError::Json(format!("stream_id {hex:?} is not 16 hex digits")))?,
+        Some(hex) if hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u64::from_str_radix(hex, 16)
+                .map_err(|_| DecodeError::Json(format!("stream_id {hex:?} is not 16 hex digits")))?
+        }
+        Some(hex) => {
+            return Err(DecodeError::Json(format!(
+                "stream_id {hex:?} is not 16 hex digits"
+            )))
+        }
         None => stream_id_for_device(&device_id),
     };
     let padding = doc.pad.as_ref().map_or(0, |p| p.chars().count());
@@ -429,6 +436,10 @@ mod tests {
             Err(DecodeError::Json(_))
         ));
         assert_eq!(decode(b"{\"seq\": 0}"), Err(DecodeError::ZeroSequence));
+        assert!(matches!(
+            decode(b"{\"seq\": 1, \"stream_id\": \"+1\"}"),
+            Err(DecodeError::Json(_))
+        ));
         let mut buf = Vec::new();
         sample(0).encode_binary(&mut buf);
         buf.push(0);

@@ -146,10 +146,14 @@ impl fmt::Display for VerifyReport {
             )?;
         }
         for s in v.streams.iter().take(5) {
+            let total = match s.total {
+                0 => " (total not announced)".to_string(),
+                n => format!(" of {n}"),
+            };
             writeln!(
                 f,
-                "Stream {} ({}): {} distinct of {}, {} missing, {} duplicates",
-                s.id, s.device_id, s.distinct, s.total, s.missing, s.duplicates
+                "Stream {} ({}): {} distinct{total}, {} missing, {} duplicates",
+                s.id, s.device_id, s.distinct, s.missing, s.duplicates
             )?;
         }
         if v.streams.len() > 5 {

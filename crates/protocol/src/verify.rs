@@ -38,13 +38,14 @@ struct StreamState {
 }
 
 impl StreamState {
-    /// Readings expected in this stream: its total, or, when unknown, up to the highest
-    /// sequence number seen (only gaps are visible then, not a lost tail).
-    fn expected(&self) -> u64 {
+    /// Readings expected in this stream: its total or, when the sender did not say,
+    /// `assumed_total` (the run's `--count` when this is the only stream) or the highest
+    /// sequence number seen, whichever is larger.
+    fn expected(&self, assumed_total: u64) -> u64 {
         if self.total > 0 {
             self.total
         } else {
-            self.highest_seq
+            self.highest_seq.max(assumed_total)
         }
     }
 
@@ -52,15 +53,15 @@ impl StreamState {
         self.seen.len()
     }
 
-    fn missing(&self) -> u64 {
-        self.expected().saturating_sub(self.distinct())
+    fn missing(&self, assumed_total: u64) -> u64 {
+        self.expected(assumed_total).saturating_sub(self.distinct())
     }
 
     /// The first `limit` runs of sequence numbers in `1..=expected` that never arrived.
-    fn missing_ranges(&self, limit: usize) -> Vec<[u64; 2]> {
+    fn missing_ranges(&self, assumed_total: u64, limit: usize) -> Vec<[u64; 2]> {
         let mut ranges: Vec<[u64; 2]> = Vec::new();
-        let expected = self.expected();
-        if expected == 0 || self.missing() == 0 {
+        let expected = self.expected(assumed_total);
+        if expected == 0 || self.missing(assumed_total) == 0 {
             return ranges;
         }
         let mut absent = RoaringTreemap::new();
@@ -200,7 +201,8 @@ impl Verifier {
 
     /// True once every expected reading has arrived: the subscriber can stop.
     pub fn is_satisfied(&self) -> bool {
-        self.distinct >= self.expected && self.streams.values().all(|s| s.missing() == 0)
+        let assumed = self.assumed_total();
+        self.distinct >= self.expected && self.streams.values().all(|s| s.missing(assumed) == 0)
     }
 
     /// The most recent decoding failure, to show the user an example.
@@ -208,8 +210,20 @@ impl Verifier {
         self.last_error.as_ref()
     }
 
+    /// The total to assume for a stream that did not announce one: with a single
+    /// stream, the whole expected count is its (so a lost tail shows); with several, it
+    /// cannot be apportioned and only gaps are attributed to streams.
+    fn assumed_total(&self) -> u64 {
+        if self.streams.len() == 1 {
+            self.expected
+        } else {
+            0
+        }
+    }
+
     /// Summarises everything recorded so far.
     pub fn verdict(&self) -> Verdict {
+        let assumed = self.assumed_total();
         let mut streams: Vec<StreamSummary> = self
             .streams
             .iter()
@@ -219,9 +233,9 @@ impl Verifier {
                 total: s.total,
                 distinct: s.distinct(),
                 duplicates: s.duplicates,
-                missing: s.missing(),
+                missing: s.missing(assumed),
                 out_of_order: s.out_of_order,
-                missing_ranges: s.missing_ranges(MISSING_RANGES_LISTED),
+                missing_ranges: s.missing_ranges(assumed, MISSING_RANGES_LISTED),
             })
             .collect();
         // Worst stream first, then by id so the order is stable.
@@ -365,6 +379,18 @@ mod tests {
         feed(&mut v, 1, 10, 1..=10);
         assert_eq!(v.verdict().missing, 20);
         assert!(!v.is_satisfied());
+    }
+
+    #[test]
+    fn a_lone_stream_without_a_total_is_held_to_the_expected_count() {
+        let mut v = Verifier::new(10);
+        for seq in [1, 2, 3, 5] {
+            v.record(7, "demo", seq, 0);
+        }
+        let verdict = v.verdict();
+        assert_eq!(verdict.missing, 6);
+        assert_eq!(verdict.streams[0].missing, 6);
+        assert_eq!(verdict.missing_ranges, vec![[4, 4], [6, 10]]);
     }
 
     #[test]

@@ -1,0 +1,525 @@
+//! Third-party MQTT peers for the interop tests: Mosquitto, its command-line clients and
+//! Python paho. Finds them without installing anything, runs them on loopback, and
+//! decides what a missing one means: a failure under CI (`CI=true`, where `.ci/run`
+//! installs them all), a skip with a hint everywhere else.
+
+use std::fs;
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::Broker;
+
+/// Bound on every wait for a peer to get ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Reports a missing peer: panics under CI, otherwise prints why the test is skipped.
+/// Returns `None` so callers can write `let Some(x) = peers::mosquitto() else { return };`.
+fn missing<T>(what: &str, ci_hint: &str, install_hint: &str) -> Option<T> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} not found; {ci_hint}");
+    }
+    eprintln!("skipped: {what} not installed ({install_hint})");
+    None
+}
+
+/// An executable file named `name` on PATH, or in the sbin directories that a non-root
+/// PATH often lacks (Debian puts `mosquitto` in /usr/sbin).
+fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// The Mosquitto broker, or `None` (after reporting it) when it is not installed.
+pub fn mosquitto() -> Option<PathBuf> {
+    find_program("mosquitto").or_else(|| {
+        missing(
+            "mosquitto",
+            ".ci/run installs it",
+            "apt-get install mosquitto",
+        )
+    })
+}
+
+/// The `mosquitto_sub` client, or `None` (after reporting it).
+pub fn mosquitto_sub() -> Option<PathBuf> {
+    find_program("mosquitto_sub").or_else(|| {
+        missing(
+            "mosquitto_sub",
+            ".ci/run installs it",
+            "apt-get install mosquitto-clients",
+        )
+    })
+}
+
+/// The `mosquitto_pub` client, or `None` (after reporting it).
+pub fn mosquitto_pub() -> Option<PathBuf> {
+    find_program("mosquitto_pub").or_else(|| {
+        missing(
+            "mosquitto_pub",
+            ".ci/run installs it",
+            "apt-get install mosquitto-clients",
+        )
+    })
+}
+
+/// The workspace root (the root package's manifest directory).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A Python interpreter that can `import paho.mqtt`: `$MQTT_PAHO_PYTHON`, else the
+/// virtual environment `scripts/python-env.sh` creates (`target/venv`). Tests never
+/// install it themselves.
+pub fn paho_python() -> Option<PathBuf> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        let candidate = match std::env::var_os("MQTT_PAHO_PYTHON") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => workspace_root().join("target/venv/bin/python"),
+        };
+        let imports = Command::new(&candidate)
+            .args(["-c", "import paho.mqtt.client"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        imports.then_some(candidate)
+    });
+    found.clone().or_else(|| {
+        missing(
+            "Python with paho-mqtt",
+            ".ci/run creates it with scripts/python-env.sh",
+            "run scripts/python-env.sh, or set MQTT_PAHO_PYTHON",
+        )
+    })
+}
+
+/// The original demo's paho clients (`seed_pub.py`, `seed_sub.py`), run in place from
+/// `../shared/seed-demo` beside the workspace; a missing directory counts as a missing peer.
+pub fn seed_demo() -> Option<PathBuf> {
+    let dir = workspace_root().join("../shared/seed-demo");
+    if dir.join("seed_pub.py").is_file() && dir.join("seed_sub.py").is_file() {
+        Some(dir)
+    } else {
+        missing(
+            "the seed demo (../shared/seed-demo)",
+            "it belongs beside the workspace",
+            "expected at ../shared/seed-demo next to the workspace",
+        )
+    }
+}
+
+/// Our paho helper script, `tests/peers/paho_peer.py`.
+pub fn paho_peer_script() -> PathBuf {
+    workspace_root().join("tests/peers/paho_peer.py")
+}
+
+/// A third-party program with stdout and stderr captured to files (so they can be read
+/// while it runs), killed when dropped.
+pub struct Program {
+    pub name: String,
+    child: Child,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Program {
+    /// Starts `program` with `args` and `stdin`. Mosquitto's clients get an empty
+    /// configuration directory, so a user's `~/.config/mosquitto_sub` cannot change them;
+    /// Python runs unbuffered and writes no bytecode.
+    pub fn spawn(program: &Path, args: &[&str], stdin: Stdio) -> Program {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stdout_path = dir.path().join("stdout.log");
+        let stderr_path = dir.path().join("stderr.log");
+        let name = program.file_name().map_or_else(
+            || program.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        );
+        let child = Command::new(program)
+            .args(args)
+            .env("XDG_CONFIG_HOME", dir.path())
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(stdin)
+            .stdout(fs::File::create(&stdout_path).expect("stdout file"))
+            .stderr(fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Program {
+            name,
+            child,
+            stdout_path,
+            stderr_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Both outputs, for failure messages.
+    pub fn output(&self) -> String {
+        format!(
+            "{} stdout:\n{}\n{} stderr:\n{}",
+            self.name,
+            self.stdout(),
+            self.name,
+            self.stderr()
+        )
+    }
+
+    /// The piped stdin, to write to; dropping it closes it.
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.child
+            .stdin
+            .take()
+            .expect("stdin is piped and not yet taken")
+    }
+
+    /// The exit status, if the program has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Polls until `done(stdout)` holds, panicking after `timeout` or if the program exits
+    /// first.
+    pub fn wait_for_stdout(&mut self, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.stdout()) {
+                return;
+            }
+            if let Some(status) = self.try_wait() {
+                if done(&self.stdout()) {
+                    return;
+                }
+                panic!(
+                    "{} exited ({status}) before {what}\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{}: no {what} within {timeout:?}\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the exit, killing the program and panicking after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!(
+            "{} did not exit within {timeout:?}\n{}",
+            self.name,
+            self.output()
+        );
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // SIGKILL also ends a stopped (SIGSTOP) process.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `program` to completion (bounded by `timeout`) and returns its status and stdout.
+pub fn run(program: &Path, args: &[&str], timeout: Duration) -> (ExitStatus, String) {
+    let mut p = Program::spawn(program, args, Stdio::null());
+    let status = p.wait(timeout);
+    (status, p.stdout())
+}
+
+/// A Mosquitto broker on an ephemeral loopback port, with a configuration of our own
+/// (anonymous clients, no persistence, no limit on queued QoS 1/2 messages), killed when
+/// dropped.
+pub struct Mosquitto {
+    pub port: u16,
+    pub program: Program,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts `mosquitto` (the path [`mosquitto`] found) and waits until it accepts TCP
+    /// connections. The port is picked by binding port 0 and releasing it; should another
+    /// process take it in between, Mosquitto fails to bind and we try another.
+    pub fn start(mosquitto: &Path) -> Mosquitto {
+        let mut last_failure = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = super::closed_port();
+            let config = dir.path().join("mosquitto.conf");
+            fs::write(
+                &config,
+                format!(
+                    "listener {port} 127.0.0.1\n\
+                     allow_anonymous true\n\
+                     persistence false\n\
+                     # 0: no limit on QoS 1/2 messages queued per client (default 1000).\n\
+                     max_queued_messages 0\n\
+                     log_dest stderr\n\
+                     log_type error\nlog_type warning\nlog_type notice\n\
+                     log_type information\nlog_type subscribe\n"
+                ),
+            )
+            .expect("writing mosquitto.conf");
+            let mut program = Program::spawn(
+                mosquitto,
+                &["-c", config.to_str().expect("utf-8 path")],
+                Stdio::null(),
+            );
+            let deadline = Instant::now() + READY_TIMEOUT;
+            loop {
+                if let Some(status) = program.try_wait() {
+                    last_failure = format!("mosquitto exited ({status}):\n{}", program.stderr());
+                    break;
+                }
+                // "... running" is logged after the listener is bound, so a connect then
+                // reaches this Mosquitto and not whatever might have taken the port.
+                if program.stderr().contains(" running")
+                    && TcpStream::connect(("127.0.0.1", port)).is_ok()
+                {
+                    return Mosquitto {
+                        port,
+                        program,
+                        _dir: dir,
+                    };
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "mosquitto did not listen on 127.0.0.1:{port} within {READY_TIMEOUT:?}\n{}",
+                        program.output()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("mosquitto could not start: {last_failure}");
+    }
+}
+
+/// Waits until our broker has logged that `client_id` subscribed: the only readiness a
+/// third-party subscriber like the seed demo's (which prints `ready` before its SUBACK)
+/// leaves behind. Relies on rumqttd's INFO event "Adding subscription on topic".
+pub fn wait_for_subscription(broker: &Broker, client_id: &str, timeout: Duration) {
+    let needle = format!("client_id=\"{client_id}\"");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = broker.proc.stderr();
+        if log
+            .lines()
+            .any(|l| l.contains(&needle) && l.contains("Adding subscription on topic"))
+        {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("our broker logged no subscription by {client_id} within {timeout:?}; stderr:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One message as `mosquitto_sub` printed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub retain: bool,
+    pub qos: u8,
+    pub topic: String,
+    pub payload: String,
+}
+
+/// Prefix of the lines [`MosquittoSub`] asks `mosquitto_sub` to print per message; its
+/// debug lines (`-d`, for SUBACK) go to the same stdout.
+const MESSAGE_PREFIX: &str = "MSG ";
+
+/// A `mosquitto_sub` that has its SUBACK, printing each message as one line.
+pub struct MosquittoSub {
+    pub program: Program,
+}
+
+impl MosquittoSub {
+    /// Starts `mosquitto_sub -h 127.0.0.1 -p PORT` with `args` (topics, QoS, `-C`, ...)
+    /// and waits for its SUBACK.
+    pub fn start(path: &Path, port: u16, args: &[&str]) -> MosquittoSub {
+        let port = port.to_string();
+        let mut all = vec![
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-d",
+            "-F",
+            "MSG %r %q %t %p",
+        ];
+        all.extend_from_slice(args);
+        // Its debug lines (SUBACK, PUBREC, ...) are block-buffered into a file and would
+        // show only when a message flushes them: stdbuf (coreutils) makes stdout
+        // line-buffered, so the SUBACK can be waited for.
+        let mut program = match find_program("stdbuf") {
+            Some(stdbuf) => {
+                let path = path.to_str().expect("utf-8 path");
+                let mut with = vec!["-oL", path];
+                with.extend_from_slice(&all);
+                Program::spawn(&stdbuf, &with, Stdio::null())
+            }
+            None => Program::spawn(path, &all, Stdio::null()),
+        };
+        program.name = "mosquitto_sub".to_owned();
+        program.wait_for_stdout("SUBACK", READY_TIMEOUT, |out| {
+            out.contains("Subscribed (mid:")
+        });
+        MosquittoSub { program }
+    }
+
+    /// The QoS levels the broker granted, from the SUBACK line (`Subscribed (mid: 1): 1`).
+    pub fn granted_qos(&self) -> Vec<u8> {
+        let out = self.program.stdout();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("Subscribed (mid:"))
+            .expect("SUBACK line");
+        line.rsplit("):")
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|q| q.trim().parse().ok())
+            .collect()
+    }
+
+    /// Every message printed so far.
+    pub fn messages(&self) -> Vec<Message> {
+        parse_messages(&self.program.stdout())
+    }
+
+    /// Waits until at least `count` messages arrived (or panics after `timeout`).
+    pub fn wait_messages(&mut self, count: usize, timeout: Duration) -> Vec<Message> {
+        self.program
+            .wait_for_stdout(&format!("{count} messages"), timeout, |out| {
+                parse_messages(out).len() >= count
+            });
+        self.messages()
+    }
+
+    /// Waits `quiet` and returns whatever arrived by then: for checks that nothing comes.
+    pub fn messages_after(&self, quiet: Duration) -> Vec<Message> {
+        std::thread::sleep(quiet);
+        self.messages()
+    }
+
+    /// Number of stdout lines containing `needle` (e.g. `sending PUBREC`).
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.program
+            .stdout()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+fn parse_messages(out: &str) -> Vec<Message> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(MESSAGE_PREFIX))
+        .filter_map(|rest| {
+            let mut parts = rest.splitn(4, ' ');
+            Some(Message {
+                retain: parts.next()? == "1",
+                qos: parts.next()?.parse().ok()?,
+                topic: parts.next()?.to_owned(),
+                payload: parts.next().unwrap_or("").to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Runs `mosquitto_pub -h 127.0.0.1 -p PORT` with `args` to completion; panics unless it
+/// exits 0 within 10 s.
+pub fn mosquitto_pub_run(path: &Path, port: u16, args: &[&str]) {
+    let port = port.to_string();
+    let mut all = vec!["-h", "127.0.0.1", "-p", &port];
+    all.extend_from_slice(args);
+    let mut program = Program::spawn(path, &all, Stdio::null());
+    let status = program.wait(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "mosquitto_pub {args:?} failed ({status})\n{}",
+        program.output()
+    );
+}
+
+/// Writes `lines` to a file in `dir`, one per line, for a program's stdin.
+pub fn lines_file(dir: &Path, name: &str, lines: impl Iterator<Item = String>) -> PathBuf {
+    let path = dir.join(name);
+    let mut file = std::io::BufWriter::new(fs::File::create(&path).expect("lines file"));
+    for line in lines {
+        writeln!(file, "{line}").expect("writing lines");
+    }
+    file.flush().expect("flushing lines");
+    path
+}
+
+/// Runs one check of `tests/peers/paho_peer.py` against the broker on `port` and returns
+/// the JSON line it prints (what it observed).
+pub fn paho_check(python: &Path, check: &str, port: u16, extra: &[&str]) -> serde_json::Value {
+    let script = paho_peer_script();
+    let port = port.to_string();
+    let mut args = vec![script.to_str().expect("utf-8 path"), check, &port];
+    args.extend_from_slice(extra);
+    let mut program = Program::spawn(python, &args, Stdio::null());
+    let status = program.wait(Duration::from_secs(60));
+    let out = program.stdout();
+    let line = out.lines().last().unwrap_or("");
+    let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "paho_peer.py {check}: no JSON line ({e})\n{}",
+            program.output()
+        )
+    });
+    assert!(
+        status.success() && value.get("error").is_none(),
+        "paho_peer.py {check} failed ({status})\n{}",
+        program.output()
+    );
+    value
+}
