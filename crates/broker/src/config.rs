@@ -8,6 +8,7 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -26,12 +27,16 @@ pub struct BrokerConfig {
     pub listener: ListenerConfig,
     pub connections: ConnectionsConfig,
     pub router: RouterConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
 }
 
 /// `[listener]`: where the MQTT 3.1.1 TCP listener binds.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerConfig {
+    /// Whether the plain TCP listener runs at all (`false`: TLS only).
+    pub enabled: bool,
     /// IP:PORT to listen on; port 0 picks a free port.
     pub address: SocketAddr,
     /// Pause after each accepted TCP connection (a crude accept-rate limit).
@@ -50,6 +55,30 @@ pub struct ConnectionsConfig {
     pub max_inflight_count: usize,
     /// Maximum number of simultaneous client connections.
     pub max_connections: usize,
+    /// Longest accepted MQTT client id, in bytes.
+    pub max_client_id_len: usize,
+}
+
+/// `[tls]`: the TLS listener, on when `address` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// IP:PORT of the TLS listener; `None`: no TLS listener.
+    pub address: Option<SocketAddr>,
+    /// PEM certificate chain of the server.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key_file: Option<PathBuf>,
+    /// Time a new TLS connection has to complete its handshake.
+    pub handshake_timeout_ms: u64,
+}
+
+/// `[auth]`: who may connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Password file (`mqtt-broker passwd`); when set, every client must authenticate.
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[router]`: the size of rumqttd's in-memory commit logs and its delivery batches.
@@ -68,6 +97,7 @@ pub struct RouterConfig {
 impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
+            enabled: true,
             address: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1883)),
             next_connection_delay_ms: 1,
         }
@@ -81,6 +111,18 @@ impl Default for ConnectionsConfig {
             max_payload_size: 256 * 1024,
             max_inflight_count: 100,
             max_connections: 10_000,
+            max_client_id_len: 256,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            address: None,
+            cert_file: None,
+            key_file: None,
+            handshake_timeout_ms: 5_000,
         }
     }
 }
@@ -189,7 +231,7 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let c = &self.connections;
         let r = &self.router;
-        let checks: [(&'static str, u64, bool, &'static str); 7] = [
+        let checks: [(&'static str, u64, bool, &'static str); 9] = [
             (
                 "[connections] connection_timeout_ms",
                 u64::from(c.connection_timeout_ms),
@@ -215,6 +257,18 @@ impl BrokerConfig {
                 "must be at least 1",
             ),
             (
+                "[connections] max_client_id_len",
+                c.max_client_id_len as u64,
+                (23..=65_535).contains(&c.max_client_id_len),
+                "must be between 23 (MQTT 3.1.1 requires accepting 23 bytes) and 65535",
+            ),
+            (
+                "[tls] handshake_timeout_ms",
+                self.tls.handshake_timeout_ms,
+                self.tls.handshake_timeout_ms > 0,
+                "must be at least 1",
+            ),
+            (
                 "[router] max_segment_size",
                 r.max_segment_size as u64,
                 r.max_segment_size >= 1024,
@@ -233,20 +287,72 @@ impl BrokerConfig {
                 "must be at least 1 (0 would starve QoS 0 subscribers)",
             ),
         ];
-        match checks.into_iter().find(|(_, _, ok, _)| !ok) {
-            Some((key, value, _, problem)) => Err(InvalidSetting {
+        if let Some((key, value, _, problem)) = checks.into_iter().find(|(_, _, ok, _)| !ok) {
+            return Err(InvalidSetting {
                 key,
                 value: value.to_string(),
                 problem,
-            }),
-            None => Ok(()),
+            });
+        }
+        let t = &self.tls;
+        if let Some(address) = t.address {
+            let missing = if t.cert_file.is_none() {
+                Some("[tls] cert_file")
+            } else if t.key_file.is_none() {
+                Some("[tls] key_file")
+            } else {
+                None
+            };
+            if let Some(key) = missing {
+                return Err(InvalidSetting {
+                    key,
+                    value: "(unset)".to_owned(),
+                    problem:
+                        "required when [tls] address is set (make files with scripts/gen-certs DIR)",
+                });
+            }
+            if self.listener.enabled && address == self.listener.address && address.port() != 0 {
+                return Err(InvalidSetting {
+                    key: "[tls] address",
+                    value: address.to_string(),
+                    problem: "must differ from [listener] address",
+                });
+            }
+        } else if !self.listener.enabled {
+            return Err(InvalidSetting {
+                key: "[listener] enabled",
+                value: "false".to_owned(),
+                problem: "needs a TLS listener ([tls] address), or the broker listens nowhere",
+            });
+        }
+        Ok(())
+    }
+
+    /// The limits the network front enforces.
+    pub(crate) fn limits(&self) -> crate::front::Limits {
+        let c = &self.connections;
+        crate::front::Limits {
+            max_packet: c.max_payload_size,
+            max_client_id: c.max_client_id_len,
+            connect_timeout: Duration::from_millis(u64::from(c.connection_timeout_ms)),
+            tls_handshake_timeout: Duration::from_millis(self.tls.handshake_timeout_ms),
+            max_connections: c.max_connections,
+            next_connection_delay: Duration::from_millis(self.listener.next_connection_delay_ms),
         }
     }
 
     /// Maps this configuration onto rumqttd's: one MQTT 3.1.1 (v4) server named `server_name`
-    /// listening on `listen` (the concrete address, never port 0), no TLS, no auth, no extras.
-    pub fn to_rumqttd(&self, listen: SocketAddr, server_name: &str) -> rumqttd::Config {
-        let connections = rumqttd::ConnectionSettings {
+    /// listening on `listen` (the internal loopback address the front forwards to, never port
+    /// 0), no TLS, no extras. It accepts only CONNECTs that carry `secret` as the front's
+    /// password: clients reach rumqttd through the front, never directly.
+    pub fn to_rumqttd(
+        &self,
+        listen: SocketAddr,
+        server_name: &str,
+        secret: &str,
+    ) -> rumqttd::Config {
+        let secret = secret.to_owned();
+        let mut connections = rumqttd::ConnectionSettings {
             connection_timeout_ms: self.connections.connection_timeout_ms,
             max_payload_size: self.connections.max_payload_size,
             max_inflight_count: self.connections.max_inflight_count,
@@ -256,17 +362,24 @@ impl BrokerConfig {
             // publisher, `true` keeps the ordinary MQTT behaviour.
             dynamic_filters: true,
         };
+        connections.set_auth_handler(move |_client_id, user, password| {
+            let ok = user == crate::front::UPSTREAM_USER && password == secret;
+            async move { ok }
+        });
         let server = rumqttd::ServerSettings {
             name: server_name.to_owned(),
             listen,
             tls: None,
-            next_connection_delay_ms: self.listener.next_connection_delay_ms,
+            // The front paces accepts; rumqttd's internal listener only sees the front.
+            next_connection_delay_ms: 0,
             connections,
         };
         rumqttd::Config {
             id: 0,
             router: rumqttd::RouterConfig {
-                max_connections: self.connections.max_connections,
+                // The front enforces max_connections (with a CONNACK); the margin covers
+                // connections rumqttd has not yet noticed are closed.
+                max_connections: self.connections.max_connections + 64,
                 max_outgoing_packet_count: self.router.max_outgoing_packet_count,
                 max_segment_size: self.router.max_segment_size,
                 max_segment_count: self.router.max_segment_count,
@@ -460,12 +573,14 @@ mod tests {
     #[test]
     fn maps_onto_one_v4_server() {
         let listen: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let r = BrokerConfig::default().to_rumqttd(listen, "srv");
+        let r = BrokerConfig::default().to_rumqttd(listen, "srv", "secret");
         let v4 = r.v4.unwrap();
         assert_eq!(v4.len(), 1);
         let server = &v4["srv"];
         assert_eq!(server.listen, listen);
         assert_eq!(server.connections.max_payload_size, 256 * 1024);
+        // Only the front, with the per-process secret, may log in to rumqttd.
+        assert!(server.connections.external_auth.is_some());
         assert!(r.v5.is_none() && r.ws.is_none() && r.prometheus.is_none());
         assert_eq!(r.router.max_segment_count, 10);
     }

@@ -5,12 +5,18 @@
 use std::io;
 use std::net::SocketAddr;
 
+use crate::auth::AuthError;
 use crate::config::InvalidSetting;
+use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("invalid configuration: {0}")]
     Config(InvalidSetting),
+    #[error("{0}")]
+    Auth(AuthError),
+    #[error("{0}")]
+    Tls(TlsError),
     #[error(
         "address {addr} is already in use (another broker running?): \
          try --listen 127.0.0.1:0 or stop the other process"

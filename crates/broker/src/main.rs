@@ -1,8 +1,10 @@
 //! `mqtt-broker`: parse flags, start logging, load the configuration, run the broker until
-//! SIGINT or SIGTERM. Everything else lives in the library.
+//! SIGINT or SIGTERM; or run one of its tools (`passwd`, `gen-certs`). Everything else lives
+//! in the library.
 
 mod cli;
 
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -10,10 +12,18 @@ use clap::Parser as _;
 use mqtt_broker::config::{BrokerConfig, ConfigSource, DEFAULT_PATH};
 use mqtt_protocol::exit;
 
+/// The TLS address `--tls-cert` uses when neither `--tls-listen` nor the file names one.
+const DEFAULT_TLS_ADDR: &str = "127.0.0.1:8883";
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     mqtt_broker::logging::init("info");
-    match broker(cli) {
+    let result = match cli.command {
+        Some(cli::Command::Passwd { ref file, ref user }) => passwd(file, user),
+        Some(cli::Command::GenCerts { ref dir }) => gen_certs(dir),
+        None => broker(cli),
+    };
+    match result {
         Ok(()) => exit::code(exit::OK),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -29,13 +39,46 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
     }
     if let Some(listen) = cli.listen {
         config.listener.address = listen;
+        config.listener.enabled = true;
     }
+    if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
+        config.tls.cert_file = Some(cert);
+        config.tls.key_file = Some(key);
+        if config.tls.address.is_none() {
+            config.tls.address = Some(DEFAULT_TLS_ADDR.parse()?);
+        }
+    }
+    if let Some(tls) = cli.tls_listen {
+        config.tls.address = Some(tls);
+    }
+    if let Some(file) = cli.password_file {
+        config.auth.password_file = Some(file);
+    }
+    config
+        .validate()
+        .map_err(|setting| anyhow::anyhow!("{source}: {setting}"))?;
     if cli.check_config {
-        println!("{source}: ok, would listen on {}", config.listener.address);
+        if let Some(file) = &config.auth.password_file {
+            mqtt_broker::auth::Users::load(file)?;
+        }
+        if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+            mqtt_broker::tls::acceptor(cert, key)?;
+        }
+        let mut addresses = Vec::new();
+        if config.listener.enabled {
+            addresses.push(config.listener.address.to_string());
+        }
+        if let Some(tls) = config.tls.address {
+            addresses.push(format!("{tls} (TLS)"));
+        }
+        println!("{source}: ok, would listen on {}", addresses.join(" and "));
         return Ok(());
     }
+    raise_open_file_limit();
     tracing::info!(config = %source, "starting");
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("mqtt-front")
         .enable_all()
         .build()
         .context("while starting the async runtime")?;
@@ -43,5 +86,88 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
         let shutdown = mqtt_protocol::shutdown::on_signals();
         mqtt_broker::run(config, shutdown).await
     })?;
+    // rumqttd's threads never end; do not wait for the runtime's tasks either.
+    runtime.shutdown_background();
+    Ok(())
+}
+
+/// Every client costs the front two sockets; lift the soft limit on open files to the hard one.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read the struct we pass; no other memory is involved.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+fn passwd(file: &std::path::Path, user: &str) -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    if interactive {
+        eprint!("password for {user}: ");
+        let _ = std::io::stderr().flush();
+    }
+    let echo = interactive.then(EchoOff::new).flatten();
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("while reading the password from stdin")?;
+    drop(echo);
+    if interactive {
+        eprintln!();
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    let changed = mqtt_broker::auth::set_password(file, user, password)?;
+    eprintln!(
+        "{} user {user:?} in {}",
+        if changed { "changed" } else { "added" },
+        file.display()
+    );
+    Ok(())
+}
+
+/// Turns terminal echo off while the password is typed, and back on when dropped.
+struct EchoOff(libc::termios);
+
+impl EchoOff {
+    fn new() -> Option<EchoOff> {
+        // SAFETY: tcgetattr/tcsetattr on stdin with a termios struct we own.
+        unsafe {
+            let mut term: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(libc::STDIN_FILENO, &mut term) != 0 {
+                return None;
+            }
+            let saved = term;
+            term.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &term) != 0 {
+                return None;
+            }
+            Some(EchoOff(saved))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes saved in `new`.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.0);
+        }
+    }
+}
+
+fn gen_certs(dir: &std::path::Path) -> anyhow::Result<()> {
+    let files = mqtt_broker::tls::generate(dir)?;
+    for file in files {
+        println!("{}", file.display());
+    }
     Ok(())
 }

@@ -1,25 +1,37 @@
 //! Starting rumqttd and watching it serve. rumqttd has no readiness signal, no error path for a
-//! failed bind and no way to stop: the broker claims the address itself, starts rumqttd on a
-//! thread of its own, waits for rumqttd's "listening" log event (see `lifecycle`), and from then
-//! on treats anything that ends rumqttd's serving as fatal.
+//! failed bind and no way to stop: the broker binds the client-facing listeners itself (they
+//! belong to the network front, see `front`), starts rumqttd on a thread of its own on an
+//! internal loopback port, waits for rumqttd's "listening" log event (see `lifecycle`), then
+//! starts the front, and from then on treats anything that ends rumqttd's serving as fatal.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::auth::Users;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::front::Front;
 use crate::lifecycle::{self, Signal};
 use crate::{listener, router_guard};
 
 /// What `run` prints on stdout, followed by the socket address, once the broker accepts
 /// connections. Scripts and tests parse this line.
 pub const READY_PREFIX: &str = "mqtt-broker listening on ";
+
+/// The line `run` prints for the TLS listener (after the plain one, if that runs too).
+pub const READY_TLS_PREFIX: &str = "mqtt-broker listening for TLS on ";
+
+/// Pending connections the kernel queues for each listener.
+const BACKLOG: u32 = 1024;
 
 /// How long rumqttd gets to report that it listens.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +48,9 @@ static NEXT_SERVER: AtomicUsize = AtomicUsize::new(0);
 #[derive(Debug)]
 pub struct RunningBroker {
     addr: SocketAddr,
+    plain: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    front_stop: CancellationToken,
     server: String,
     signals: mpsc::Receiver<Signal>,
     stopped: oneshot::Receiver<String>,
@@ -53,9 +68,50 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
     }
     router_guard::install_router_panic_hook();
 
-    let addr = listener::claim(config.listener.address)?;
+    let users = match &config.auth.password_file {
+        Some(path) => {
+            let users = Users::load(path).map_err(BrokerError::Auth)?;
+            info!(users = users.len(), file = %path.display(), "authentication required");
+            Some(Arc::new(users))
+        }
+        None => None,
+    };
+    let acceptor = match (
+        &config.tls.address,
+        &config.tls.cert_file,
+        &config.tls.key_file,
+    ) {
+        (Some(_), Some(cert), Some(key)) => {
+            Some(crate::tls::acceptor(cert, key).map_err(BrokerError::Tls)?)
+        }
+        _ => None,
+    };
+    let plain = match config.listener.enabled {
+        true => Some(bind(config.listener.address)?),
+        false => None,
+    };
+    let tls = match config.tls.address {
+        Some(addr) if acceptor.is_some() => Some(bind(addr)?),
+        _ => None,
+    };
+    let plain_addr = local_addr(plain.as_ref(), config.listener.address)?;
+    let tls_addr = local_addr(tls.as_ref(), config.listener.address)?;
+    if users.is_none() {
+        for addr in plain_addr.iter().chain(tls_addr.iter()) {
+            if !addr.ip().is_loopback() {
+                warn!(
+                    "listening on {addr} beyond loopback WITHOUT AUTHENTICATION: anyone who can \
+                     reach it may publish and subscribe; set [auth] password_file \
+                     (--password-file) to require a user name and password"
+                );
+            }
+        }
+    }
+
+    let addr = listener::claim("127.0.0.1:0".parse().expect("a literal socket address"))?;
+    let secret = format!("{:032x}", rand::random::<u128>());
     let server = format!("mqtt-v4-{}", NEXT_SERVER.fetch_add(1, Ordering::Relaxed));
-    let rumqttd_config = config.to_rumqttd(addr, &server);
+    let rumqttd_config = config.to_rumqttd(addr, &server, &secret);
 
     // Watch before starting, so that no lifecycle event can be missed.
     let signals = lifecycle::watch();
@@ -74,30 +130,91 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         })
         .map_err(BrokerError::Spawn)?;
 
+    let public = plain_addr.or(tls_addr).unwrap_or(addr);
     let mut broker = RunningBroker {
-        addr,
+        addr: public,
+        plain: plain_addr,
+        tls: tls_addr,
+        front_stop: CancellationToken::new(),
         server,
         signals,
         stopped,
     };
     match tokio::time::timeout(STARTUP_TIMEOUT, broker.until_listening()).await {
-        Ok(result) => result.map(|()| broker),
-        Err(_) => Err(BrokerError::StartTimeout {
-            addr,
-            secs: STARTUP_TIMEOUT.as_secs(),
-        }),
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(BrokerError::StartTimeout {
+                addr: public,
+                secs: STARTUP_TIMEOUT.as_secs(),
+            })
+        }
+    }
+
+    let front = Arc::new(Front::new(config.limits(), addr, secret, users));
+    if let Some(listener) = plain {
+        let stop = broker.front_stop.clone();
+        tokio::spawn(Arc::clone(&front).serve(listener, None, stop));
+    }
+    if let Some(listener) = tls {
+        let stop = broker.front_stop.clone();
+        tokio::spawn(front.serve(listener, acceptor, stop));
+    }
+    Ok(broker)
+}
+
+/// Binds a client-facing listener with a generous backlog.
+fn bind(addr: SocketAddr) -> Result<TcpListener, BrokerError> {
+    let error = |e| listener::bind_error(addr, e);
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(error)?;
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    socket.listen(BACKLOG).map_err(error)
+}
+
+fn local_addr(
+    listener: Option<&TcpListener>,
+    configured: SocketAddr,
+) -> Result<Option<SocketAddr>, BrokerError> {
+    listener
+        .map(|l| {
+            l.local_addr()
+                .map_err(|e| listener::bind_error(configured, e))
+        })
+        .transpose()
+}
+
+impl Drop for RunningBroker {
+    fn drop(&mut self) {
+        self.front_stop.cancel();
     }
 }
 
 impl RunningBroker {
-    /// The address rumqttd really listens on (port 0 already resolved).
+    /// The address clients connect to (port 0 already resolved): the plain listener's, or the
+    /// TLS listener's when there is no plain one.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The plain listener's address, if it runs.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain
+    }
+
+    /// The TLS listener's address, if it runs.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls
     }
 
     /// Serves until `shutdown` is cancelled (then `Ok`), or until rumqttd's server or router
     /// stops (an error: the broker is no longer a broker).
     pub async fn serve(mut self, shutdown: CancellationToken) -> Result<(), BrokerError> {
+        let _stop_front_on_return = self.front_stop.clone().drop_guard();
         loop {
             tokio::select! {
                 biased;
@@ -180,9 +297,19 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         }
     };
     let addr = broker.local_addr();
-    info!(%addr, "broker ready");
+    info!(%addr, tls = ?broker.tls_addr(), "broker ready");
+    let mut lines = String::new();
+    if let Some(plain) = broker.plain_addr() {
+        lines.push_str(&format!("{READY_PREFIX}{plain}\n"));
+    }
+    if let Some(tls) = broker.tls_addr() {
+        lines.push_str(&format!("{READY_TLS_PREFIX}{tls}\n"));
+    }
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = writeln!(stdout, "{READY_PREFIX}{addr}").and_then(|()| stdout.flush()) {
+    if let Err(e) = stdout
+        .write_all(lines.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         tracing::warn!(error = %e, "could not print the listening address on stdout");
     }
     drop(stdout);

@@ -1,12 +1,21 @@
 //! Client connection options and the first connection, shared by the publisher and the
-//! subscriber so that both reach a broker, and fail to, in the same way.
+//! subscriber so that both reach a broker, and fail to, in the same way: address, TLS
+//! (`--tls`, `--ca-file`), credentials (`--username`, the password only from `MQTT_PASSWORD`,
+//! never a flag that `ps` would show) and the error that says what to check.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
     ConnAck, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions,
+    StateError, TlsConfiguration, Transport,
 };
+use rustls::pki_types::CertificateDer;
 use thiserror::Error;
+
+/// The environment variable the password comes from.
+pub const PASSWORD_ENV: &str = "MQTT_PASSWORD";
 
 /// Largest MQTT packet either client sends or accepts: room for padded 16 KB readings
 /// and then some.
@@ -31,6 +40,47 @@ pub struct BrokerArgs {
     /// Seconds to wait for the broker to accept the connection before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub connect_timeout: u64,
+
+    /// Connect with TLS (the broker's TLS port, often 8883), trusting --ca-file or, without
+    /// it, the system's certificate authorities.
+    #[arg(long, env = "MQTT_TLS")]
+    pub tls: bool,
+
+    /// PEM file of the certificate authority that signed the broker's certificate (implies
+    /// --tls). `scripts/gen-certs DIR` makes DIR/ca.pem.
+    #[arg(long, value_name = "FILE", env = "MQTT_CA_FILE", value_parser = CaFile::parse)]
+    pub ca_file: Option<CaFile>,
+
+    /// User name to authenticate with; the password is read from the MQTT_PASSWORD
+    /// environment variable (never a flag, which other users could see in `ps`).
+    #[arg(long, value_name = "USER", env = "MQTT_USERNAME")]
+    pub username: Option<String>,
+}
+
+/// A CA certificate file, read and parsed when the flag is parsed (a bad file is a usage
+/// error before anything connects).
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    pub path: PathBuf,
+    certs: Arc<Vec<CertificateDer<'static>>>,
+}
+
+impl CaFile {
+    fn parse(path: &str) -> Result<CaFile, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {path}: {e}"))?;
+        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("CA file {path} is not PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "CA file {path} holds no PEM certificate (scripts/gen-certs DIR makes DIR/ca.pem)"
+            ));
+        }
+        Ok(CaFile {
+            path: PathBuf::from(path),
+            certs: Arc::new(certs),
+        })
+    }
 }
 
 fn non_empty(s: &str) -> Result<String, String> {
@@ -58,13 +108,29 @@ impl BrokerArgs {
             .unwrap_or_else(|| format!("{prefix}-{:08x}", rand::random::<u32>()))
     }
 
-    /// MQTT options for a clean session with `client_id`.
+    /// Whether the connection uses TLS (`--tls` or `--ca-file`).
+    pub fn uses_tls(&self) -> bool {
+        self.tls || self.ca_file.is_some()
+    }
+
+    /// MQTT options for a clean session with `client_id`, with TLS and credentials as the
+    /// flags (and `MQTT_PASSWORD`) say.
     pub fn mqtt_options(&self, client_id: String) -> MqttOptions {
         let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true)
             .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
+        if let Some(user) = &self.username {
+            let password = std::env::var(PASSWORD_ENV).unwrap_or_default();
+            options.set_credentials(user.clone(), password);
+        }
+        if self.uses_tls() {
+            let config = tls_client_config(self.ca_file.as_ref());
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(config),
+            )));
+        }
         options
     }
 
@@ -75,6 +141,29 @@ impl BrokerArgs {
         eventloop.set_network_options(network);
     }
 }
+
+/// A rustls client configuration on the ring provider, trusting `ca` or the system's CAs.
+fn tls_client_config(ca: Option<&CaFile>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(ca) => {
+            roots.add_parsable_certificates(ca.certs.iter().cloned());
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// What to check when the broker closes the connection before its CONNACK.
+const HANDSHAKE_HINT: &str = "check credentials (--username and MQTT_PASSWORD) and TLS (a TLS \
+     port needs --tls/--ca-file, a plain port must not have them)";
 
 /// Why the first connection to the broker failed, in words a user can act on.
 #[derive(Debug, Error)]
@@ -89,8 +178,24 @@ pub enum ConnectError {
     },
     #[error("no CONNACK from the MQTT broker at {addr} within {secs} s (--connect-timeout)")]
     Timeout { addr: String, secs: u64 },
-    #[error("the MQTT broker at {addr} refused the connection: {reason}")]
+    #[error(
+        "the MQTT broker at {addr} refused the connection: {reason}{}",
+        refusal_hint(reason)
+    )]
     Refused { addr: String, reason: &'static str },
+    #[error("connection closed during handshake by the MQTT broker at {addr}: {HANDSHAKE_HINT}")]
+    ClosedDuringHandshake { addr: String },
+    #[error(
+        "the server at {addr} did not answer in MQTT ({detail}): if that is a TLS port, \
+         connect with --tls (and --ca-file)"
+    )]
+    NotMqtt { addr: String, detail: String },
+    #[error(
+        "TLS handshake with the MQTT broker at {addr} failed: {detail}. Check --ca-file (the CA \
+         that signed the broker's certificate), --host (it must match the certificate) and that \
+         --port is the broker's TLS port"
+    )]
+    Tls { addr: String, detail: String },
     #[error("could not connect to the MQTT broker at {addr}: {source}")]
     Other {
         addr: String,
@@ -107,6 +212,19 @@ pub fn refusal_reason(code: ConnectReturnCode) -> &'static str {
         ConnectReturnCode::ServiceUnavailable => "server unavailable",
         ConnectReturnCode::BadUserNamePassword => "bad user name or password",
         ConnectReturnCode::NotAuthorized => "not authorized",
+    }
+}
+
+/// What to do about a refusal, if there is something to say.
+fn refusal_hint(reason: &str) -> &'static str {
+    match reason {
+        "bad user name or password" => {
+            ": check --username and the MQTT_PASSWORD environment variable"
+        }
+        "not authorized" => {
+            ": the broker requires authentication; pass --username and set MQTT_PASSWORD"
+        }
+        _ => "",
     }
 }
 
@@ -139,6 +257,30 @@ pub async fn first_connack(
 fn classify(e: ConnectionError, addr: &str, secs: u64) -> ConnectError {
     let addr = addr.to_owned();
     match e {
+        ConnectionError::Io(source) if closed_by_peer(&source) => {
+            ConnectError::ClosedDuringHandshake { addr }
+        }
+        ConnectionError::MqttState(StateError::ConnectionAborted) => {
+            ConnectError::ClosedDuringHandshake { addr }
+        }
+        ConnectionError::MqttState(StateError::Io(source)) if closed_by_peer(&source) => {
+            ConnectError::ClosedDuringHandshake { addr }
+        }
+        ConnectionError::Tls(rumqttc::TlsError::Io(source)) if closed_by_peer(&source) => {
+            ConnectError::ClosedDuringHandshake { addr }
+        }
+        ConnectionError::MqttState(StateError::Deserialization(e)) => ConnectError::NotMqtt {
+            addr,
+            detail: e.to_string(),
+        },
+        ConnectionError::NotConnAck(packet) => ConnectError::NotMqtt {
+            addr,
+            detail: format!("{packet:?} instead of a CONNACK"),
+        },
+        ConnectionError::Tls(e) => ConnectError::Tls {
+            addr,
+            detail: tls_detail(&e),
+        },
         ConnectionError::Io(source) => ConnectError::Unreachable { addr, source },
         ConnectionError::NetworkTimeout => ConnectError::Timeout { addr, secs },
         ConnectionError::ConnectionRefused(code) => ConnectError::Refused {
@@ -146,6 +288,26 @@ fn classify(e: ConnectionError, addr: &str, secs: u64) -> ConnectError {
             reason: refusal_reason(code),
         },
         source => ConnectError::Other { addr, source },
+    }
+}
+
+/// True for the errors of a connection the peer closed (rather than one never made).
+fn closed_by_peer(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe
+    )
+}
+
+/// The innermost words of a TLS error (rustls' own, such as "invalid peer certificate:
+/// UnknownIssuer").
+fn tls_detail(e: &rumqttc::TlsError) -> String {
+    match e {
+        rumqttc::TlsError::Io(io) => io
+            .get_ref()
+            .map_or_else(|| io.to_string(), |inner| inner.to_string()),
+        other => other.to_string(),
     }
 }
 
@@ -170,6 +332,59 @@ mod tests {
         assert_eq!(cli.broker.client_id_or("pub"), "me");
         assert!(Cli::try_parse_from(["x", "--client-id", ""]).is_err());
         assert!(Cli::try_parse_from(["x", "--connect-timeout", "0"]).is_err());
+    }
+
+    #[test]
+    fn tls_and_credentials_reach_the_mqtt_options() {
+        let cli = Cli::parse_from(["x"]);
+        assert!(!cli.broker.uses_tls());
+        let options = cli.broker.mqtt_options("t".into());
+        assert!(matches!(options.transport(), Transport::Tcp));
+        assert!(options.credentials().is_none());
+
+        let cli = Cli::parse_from(["x", "--tls", "--username", "alice"]);
+        let options = cli.broker.mqtt_options("t".into());
+        assert!(matches!(options.transport(), Transport::Tls(_)));
+        assert_eq!(
+            options.credentials().map(|login| login.username),
+            Some("alice".to_owned())
+        );
+
+        let err = Cli::try_parse_from(["x", "--ca-file", "/no/such/ca.pem"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot read CA file /no/such/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn refusals_say_what_to_check() {
+        let err = classify(
+            ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
+            "h:1",
+            5,
+        );
+        assert!(
+            err.to_string()
+                .contains("check --username and the MQTT_PASSWORD"),
+            "{err}"
+        );
+        let err = classify(
+            ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
+            "h:1",
+            5,
+        );
+        assert!(err.to_string().contains("requires authentication"), "{err}");
+        let err = classify(
+            ConnectionError::MqttState(StateError::ConnectionAborted),
+            "h:1",
+            5,
+        );
+        assert!(
+            err.to_string()
+                .starts_with("connection closed during handshake"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
