@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use mqtt_protocol::connect::BrokerArgs;
 use mqtt_protocol::reading::{PayloadFormat, MAX_DEVICE_ID_LEN};
+use mqtt_protocol::reconnect::ReconnectArgs;
 use mqtt_protocol::{exit, topic};
 
 /// IoT sensor simulator: publishes numbered sensor readings to an MQTT broker and counts
@@ -17,6 +18,9 @@ use mqtt_protocol::{exit, topic};
 pub struct PublisherArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub reconnect: ReconnectArgs,
 
     /// Topic to publish to (no wildcards).
     #[arg(long, default_value = "sensors/data", value_parser = topic::parse_topic_name)]
@@ -57,6 +61,57 @@ pub struct PublisherArgs {
     /// Give up when the broker acknowledges nothing for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub ack_timeout: u64,
+
+    /// Pace each device at MSGS_PER_S readings per second instead of as fast as the
+    /// window allows. Every reading carries its *intended* send time on that schedule, so
+    /// a publisher that falls behind shows up as latency at the subscriber.
+    #[arg(long, value_name = "MSGS_PER_S", value_parser = positive_number)]
+    pub rate: Option<f64>,
+
+    /// Publish for SECS seconds instead of --count readings per device. The total is not
+    /// known up front, so readings announce total 0 and the report says how many went out.
+    #[arg(long, value_name = "SECS", conflicts_with = "count", value_parser = positive_number)]
+    pub duration: Option<f64>,
+
+    /// Simulate N devices, each with its own connection (client id `<id>-<i>`), stream,
+    /// device id `<device-id>-<i>` and topic `<topic>/<device-id>-<i>`, for i in 1..=N.
+    /// --count and --rate apply to each device.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub devices: u32,
+}
+
+impl PublisherArgs {
+    /// Checks what clap cannot check flag by flag: the names the devices will get.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.devices > 1 {
+            let longest = crate::device::Identity::new(self, self.devices, "x");
+            if longest.device_id.len() > MAX_DEVICE_ID_LEN {
+                return Err(format!(
+                    "--device-id {:?} with --devices {} makes device ids longer than {MAX_DEVICE_ID_LEN} bytes",
+                    self.device_id, self.devices
+                ));
+            }
+            topic::parse_topic_name(&longest.topic).map_err(|e| {
+                format!(
+                    "--device-id {:?} cannot be a topic level: {e}",
+                    self.device_id
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Readings each device is asked for; `None` when publishing for a --duration.
+    pub fn count_per_device(&self) -> Option<u64> {
+        self.duration.is_none().then_some(self.count)
+    }
+}
+
+fn positive_number(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1e9 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
 }
 
 fn device_id(s: &str) -> Result<String, String> {

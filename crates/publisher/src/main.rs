@@ -3,13 +3,18 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use mqtt_protocol::{exit, logging, report, shutdown};
 use mqtt_publisher::PublisherArgs;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = PublisherArgs::parse();
+    if let Err(message) = args.validate() {
+        PublisherArgs::command()
+            .error(clap::error::ErrorKind::ValueValidation, message)
+            .exit();
+    }
     logging::init("info");
     let report_path = args.report_json.clone();
     let result = mqtt_publisher::run(args, shutdown::on_signals()).await;
@@ -31,8 +36,8 @@ async fn main() -> ExitCode {
             eprintln!("error: {error}");
             exit::code(exit::RUNTIME_ERROR)
         }
-        (Some(r), None) if r.interrupted => exit::code(exit::INTERRUPTED),
-        (Some(r), None) if !r.complete => exit::code(exit::MISSING),
+        (Some(r), None) if r.summary.interrupted => exit::code(exit::INTERRUPTED),
+        (Some(r), None) if !r.summary.complete => exit::code(exit::MISSING),
         _ => exit::code(exit::OK),
     }
 }

@@ -1,0 +1,158 @@
+//! The rows of the benchmark: which broker, which clients, how much work.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// The broker a row runs through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// Our `mqtt-broker` (rumqttd embedded).
+    Ours,
+    /// Mosquitto from the system, with a temporary configuration of ours.
+    Mosquitto,
+}
+
+/// The clients a row runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Clients {
+    /// Our `mqtt-publisher` (with these extra flags) and our verifying `mqtt-subscriber`.
+    Ours { publisher_args: Vec<String> },
+    /// The original demo's Python paho-mqtt scripts (`seed_pub.py`, `seed_sub.py`).
+    Seed,
+}
+
+/// One row: the same work run `repeat` times.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    pub group: &'static str,
+    pub name: String,
+    pub broker: BrokerKind,
+    pub clients: Clients,
+    /// Readings the subscriber must verify (over all devices).
+    pub messages: u64,
+    /// Directory of our binaries for this row.
+    #[serde(skip)]
+    pub bin_dir: PathBuf,
+    /// Directory of the publisher for this row (the "before" row swaps only it).
+    #[serde(skip)]
+    pub publisher_dir: PathBuf,
+}
+
+/// Sizes of the benchmark.
+pub struct Plan {
+    pub quick: bool,
+    /// Readings in the headline rows.
+    pub messages: u64,
+    pub bin_dir: PathBuf,
+    /// A publisher from before a change, for a side-by-side "before" row (with the
+    /// current broker and subscriber).
+    pub baseline_bin_dir: Option<PathBuf>,
+    /// Extra flags for our publisher in every row.
+    pub publisher_args: Vec<String>,
+}
+
+fn ours(args: &[&str], extra: Vec<String>) -> Clients {
+    let mut publisher_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    publisher_args.extend(extra);
+    Clients::Ours { publisher_args }
+}
+
+/// Every row of the benchmark, in table order.
+pub fn all(plan: &Plan) -> Vec<Scenario> {
+    let n = plan.messages;
+    let row = |group, name: String, broker, clients, messages| Scenario {
+        group,
+        name,
+        broker,
+        clients,
+        messages,
+        bin_dir: plan.bin_dir.clone(),
+        publisher_dir: plan.bin_dir.clone(),
+    };
+    let count = |n: u64| {
+        let mut args = vec!["--count".to_string(), n.to_string()];
+        args.extend(plan.publisher_args.iter().cloned());
+        args
+    };
+    let mut rows = vec![row(
+        "pipeline",
+        "ours: our broker + our clients".into(),
+        BrokerKind::Ours,
+        ours(&["--payload-size", "100"], count(n)),
+        n,
+    )];
+    if let Some(dir) = &plan.baseline_bin_dir {
+        let mut before = rows[0].clone();
+        before.name = "ours, publisher before tuning".into();
+        before.publisher_dir = dir.clone();
+        rows.push(before);
+    }
+    rows.push(row(
+        "pipeline",
+        "Mosquitto + our clients".into(),
+        BrokerKind::Mosquitto,
+        ours(&["--payload-size", "100"], count(n)),
+        n,
+    ));
+    let seed_n = if plan.quick { 2_000 } else { 50_000 }.min(n);
+    rows.push(row(
+        "pipeline",
+        "seed demo: Python paho + Mosquitto".into(),
+        BrokerKind::Mosquitto,
+        Clients::Seed,
+        seed_n,
+    ));
+
+    // Payload sizes: 16 KB readings at fewer messages, so that the broker's in-memory
+    // log (about 1 GiB) is never the subject of the row.
+    for (size, label, msgs) in [
+        (100u32, "100 B", n / 4),
+        (1024, "1 KB", n / 4),
+        (16 * 1024, "16 KB", (n / 50).max(100)),
+    ] {
+        rows.push(row(
+            "payload",
+            format!("ours, {label} payload"),
+            BrokerKind::Ours,
+            ours(&["--payload-size", &size.to_string()], count(msgs)),
+            msgs,
+        ));
+    }
+    for devices in [1u64, 10, 100] {
+        let per_device = (n / 4 / devices).max(1);
+        rows.push(row(
+            "devices",
+            format!("ours, {devices} device(s)"),
+            BrokerKind::Ours,
+            ours(
+                &["--payload-size", "100", "--devices", &devices.to_string()],
+                count(per_device),
+            ),
+            per_device * devices,
+        ));
+    }
+    let paced = if plan.quick { 10_000 } else { 50_000 };
+    rows.push(row(
+        "latency",
+        "ours, paced at 10,000 msg/s".into(),
+        BrokerKind::Ours,
+        ours(&["--payload-size", "100", "--rate", "10000"], count(paced)),
+        paced,
+    ));
+    if !plan.quick {
+        for exp in [5u32, 6, 7] {
+            let msgs = 10u64.pow(exp);
+            rows.push(row(
+                "linearity",
+                format!("ours, 10^{exp} messages"),
+                BrokerKind::Ours,
+                ours(&["--payload-size", "100"], count(msgs)),
+                msgs,
+            ));
+        }
+    }
+    rows
+}

@@ -1,0 +1,206 @@
+//! Medians over a row's runs, the table people read, and the ratios between rows.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::runner::{Latency, Measurement};
+use crate::scenario::Scenario;
+
+/// A row with every run and the medians the table shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    #[serde(flatten)]
+    pub scenario: Scenario,
+    /// Set when the row could not run here (a missing peer).
+    pub skipped: Option<String>,
+    /// Runs that failed outright (no verdict), with why.
+    pub errors: Vec<String>,
+    pub runs: Vec<Measurement>,
+    pub median: Option<Measurement>,
+    /// Every run verified complete.
+    pub all_complete: bool,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// The per-metric median of `runs` (each metric on its own).
+pub fn medians(runs: &[Measurement]) -> Option<Measurement> {
+    if runs.is_empty() {
+        return None;
+    }
+    let m = |f: fn(&Measurement) -> f64| median(runs.iter().map(f).collect());
+    let opt = |f: fn(&Measurement) -> Option<f64>| {
+        let v: Vec<f64> = runs.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    let lat = |f: fn(&Latency) -> u64| {
+        median(
+            runs.iter()
+                .filter_map(|r| r.latency_us.map(|l| f(&l) as f64))
+                .collect(),
+        ) as u64
+    };
+    Some(Measurement {
+        wall_s: m(|r| r.wall_s),
+        msgs_per_s: m(|r| r.msgs_per_s),
+        complete: runs.iter().all(|r| r.complete),
+        publisher_cpu_s: m(|r| r.publisher_cpu_s),
+        subscriber_cpu_s: m(|r| r.subscriber_cpu_s),
+        broker_cpu_s: m(|r| r.broker_cpu_s),
+        publisher_rss_kib: m(|r| r.publisher_rss_kib as f64) as u64,
+        subscriber_rss_kib: m(|r| r.subscriber_rss_kib as f64) as u64,
+        broker_rss_kib: m(|r| r.broker_rss_kib as f64) as u64,
+        publisher_msgs_per_s: opt(|r| r.publisher_msgs_per_s),
+        subscriber_msgs_per_s: opt(|r| r.subscriber_msgs_per_s),
+        latency_us: runs
+            .iter()
+            .any(|r| r.latency_us.is_some())
+            .then(|| Latency {
+                p50: lat(|l| l.p50),
+                p90: lat(|l| l.p90),
+                p99: lat(|l| l.p99),
+                p999: lat(|l| l.p999),
+                max: lat(|l| l.max),
+            }),
+    })
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The table, as fixed-width text (also valid Markdown).
+pub fn table(rows: &[Row]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| row | N | msg/s | wall s | pub msg/s | sub msg/s | CPU s pub/sub/broker | peak RSS MiB pub/sub/broker | p50/p99 ms | verified |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for row in rows {
+        let s = &row.scenario;
+        let name = format!("{}: {}", s.group, s.name);
+        let Some(m) = &row.median else {
+            let why = match (&row.skipped, row.errors.first()) {
+                (Some(why), _) => format!("skipped: {why}"),
+                (None, Some(error)) => format!("FAILED: {error}"),
+                (None, None) => String::new(),
+            };
+            let why = why.lines().next().unwrap_or("").to_owned();
+            let _ = writeln!(
+                t,
+                "| {name} | {} | - | - | - | - | - | - | - | {why} |",
+                s.messages
+            );
+            continue;
+        };
+        let rate = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.0}"));
+        let latency = m.latency_us.map_or("-".into(), |l| {
+            format!("{:.2}/{:.2}", l.p50 as f64 / 1000.0, l.p99 as f64 / 1000.0)
+        });
+        let verified = if row.all_complete && row.errors.is_empty() {
+            format!("yes ({}/{})", row.runs.len(), row.runs.len())
+        } else {
+            format!(
+                "NO ({} of {} complete)",
+                row.runs.iter().filter(|r| r.complete).count(),
+                row.runs.len() + row.errors.len()
+            )
+        };
+        let _ = writeln!(
+            t,
+            "| {name} | {} | {:.0} | {:.2} | {} | {} | {:.2}/{:.2}/{:.2} | {:.1}/{:.1}/{:.1} | {latency} | {verified} |",
+            s.messages,
+            m.msgs_per_s,
+            m.wall_s,
+            rate(m.publisher_msgs_per_s),
+            rate(m.subscriber_msgs_per_s),
+            m.publisher_cpu_s,
+            m.subscriber_cpu_s,
+            m.broker_cpu_s,
+            mib(m.publisher_rss_kib),
+            mib(m.subscriber_rss_kib),
+            mib(m.broker_rss_kib),
+        );
+    }
+    t
+}
+
+/// A ratio between two rows' median throughput.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub what: String,
+    pub ratio: f64,
+}
+
+/// The ratios the issue asks about: ours against Mosquitto and against the seed demo,
+/// CPU per message, and how throughput holds up as N grows.
+pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
+    let rate = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.scenario.name.starts_with(prefix))
+            .and_then(|r| r.median.as_ref())
+            .map(|m| m.msgs_per_s)
+    };
+    let mut out = Vec::new();
+    let ours = rate("ours: our broker");
+    for (other, label) in [
+        (
+            "Mosquitto + our clients",
+            "ours / Mosquitto with our clients (msg/s)",
+        ),
+        (
+            "seed demo",
+            "ours / seed demo (Python paho + Mosquitto) (msg/s)",
+        ),
+        (
+            "ours, publisher before",
+            "ours / ours with the publisher before tuning (msg/s)",
+        ),
+    ] {
+        if let (Some(a), Some(b)) = (ours, rate(other)) {
+            out.push(Ratio {
+                what: label.into(),
+                ratio: a / b,
+            });
+        }
+    }
+    let linear: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.scenario.group == "linearity" && r.median.is_some())
+        .collect();
+    if let (Some(first), Some(last)) = (linear.first(), linear.last()) {
+        if linear.len() > 1 {
+            let (a, b) = (first.median.as_ref(), last.median.as_ref());
+            if let (Some(a), Some(b)) = (a, b) {
+                out.push(Ratio {
+                    what: format!(
+                        "throughput at {} / at {} messages",
+                        last.scenario.messages, first.scenario.messages
+                    ),
+                    ratio: b.msgs_per_s / a.msgs_per_s,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// CPU seconds per million messages over all three processes, for a row's median.
+pub fn cpu_per_million(row: &Row) -> Option<f64> {
+    let m = row.median.as_ref()?;
+    let total = m.publisher_cpu_s + m.subscriber_cpu_s + m.broker_cpu_s;
+    Some(total / row.scenario.messages as f64 * 1e6)
+}
