@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
+pub mod hardening;
 pub mod peers;
 use std::fs;
 use std::io::{BufRead, BufReader};

@@ -7,6 +7,7 @@ pub mod exit;
 pub mod logging;
 pub mod progress;
 pub mod reading;
+pub mod reconnect;
 pub mod report;
 pub mod resources;
 pub mod shutdown;

@@ -35,6 +35,10 @@ pub struct PublishReport {
     /// Readings the broker acknowledged (PUBACK at QoS 1, PUBCOMP at QoS 2; at QoS 0,
     /// nothing is acknowledged and this stays 0).
     pub acked: u64,
+    /// Unacknowledged readings sent again after a reconnect (not counted in `published`).
+    pub republished: u64,
+    /// Times a lost connection was re-established during the run.
+    pub reconnects: u64,
     pub elapsed_s: f64,
     /// `published / elapsed_s`.
     pub msgs_per_s: f64,
@@ -71,6 +75,10 @@ pub struct VerifyReport {
     pub idle_timeout: bool,
     /// An example of why a payload failed, if any did.
     pub last_decode_error: Option<String>,
+    /// Times the connection was lost and re-established during the run.
+    pub reconnects: u64,
+    /// Arrivals replayed from the `--state` journal of an earlier, interrupted run.
+    pub resumed: u64,
     /// Peak resident memory of the subscriber process, KiB.
     pub peak_rss_kib: Option<u64>,
 }
@@ -111,6 +119,13 @@ impl fmt::Display for PublishReport {
             self.msgs_per_s,
             self.stream_id
         )?;
+        if self.reconnects > 0 {
+            write!(
+                f,
+                "; {} reconnects, {} unacknowledged readings sent again",
+                self.reconnects, self.republished
+            )?;
+        }
         if self.interrupted {
             write!(f, " (interrupted)")?;
         }
@@ -122,6 +137,13 @@ impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = &self.verdict;
         writeln!(f, "Total messages received: {}", v.received)?;
+        if self.resumed > 0 || self.reconnects > 0 {
+            writeln!(
+                f,
+                "Resumed {} arrivals from the state file; {} reconnects during this run",
+                self.resumed, self.reconnects
+            )?;
+        }
         writeln!(
             f,
             "Summary: {} received, {} distinct of {} expected, {} duplicates, {} missing, \

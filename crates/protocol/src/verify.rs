@@ -2,6 +2,7 @@
 //! 10^8 messages (a compressed bitmap of sequence numbers per stream, never a set of
 //! every number), and what was lost, duplicated, reordered or corrupted.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use roaring::RoaringTreemap;
@@ -23,6 +24,32 @@ pub enum Arrival {
     Corrupt,
     /// A message that is not a reading of an expected stream.
     Foreign,
+}
+
+/// What one message was, in the few fields the verifier needs: what a journal stores
+/// so that a restarted subscriber can rebuild its verdict exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation<'a> {
+    Reading {
+        stream_id: u64,
+        /// Borrowed from the payload, except where JSON decoding had to copy it.
+        device_id: Cow<'a, str>,
+        seq: u64,
+        total: u64,
+    },
+    /// Claimed to be a reading but failed its checks.
+    Corrupt,
+    /// Not a reading at all.
+    Foreign,
+}
+
+/// The result of [`Verifier::record_payload`].
+#[derive(Debug, Clone)]
+pub struct Recorded<'p> {
+    pub arrival: Arrival,
+    pub observation: Observation<'p>,
+    /// The reading's send time (µs since the epoch), when it carried one.
+    pub sent_at_us: Option<u64>,
 }
 
 /// Everything known about one stream (one publisher run of one device).
@@ -139,30 +166,61 @@ impl Verifier {
         }
     }
 
-    /// Decodes and records one payload. Returns what it was, and the send time (µs since
-    /// the epoch) of a valid reading so the caller can measure latency.
-    pub fn record_payload(&mut self, payload: &[u8]) -> (Arrival, Option<u64>) {
-        self.received += 1;
+    /// Decodes and records one payload.
+    pub fn record_payload<'p>(&mut self, payload: &'p [u8]) -> Recorded<'p> {
         match reading::decode(payload) {
             Ok(r) => {
-                let arrival = self.record(r.stream_id, &r.device_id, r.seq, r.total);
-                (arrival, (r.sent_at_us > 0).then_some(r.sent_at_us))
+                let observation = Observation::Reading {
+                    stream_id: r.stream_id,
+                    device_id: r.device_id,
+                    seq: r.seq,
+                    total: r.total,
+                };
+                Recorded {
+                    arrival: self.observe(&observation),
+                    observation,
+                    sent_at_us: (r.sent_at_us > 0).then_some(r.sent_at_us),
+                }
             }
             Err(e) => {
-                let arrival = if e.is_corruption() {
-                    self.corrupt += 1;
-                    Arrival::Corrupt
+                let observation = if e.is_corruption() {
+                    Observation::Corrupt
                 } else {
-                    self.foreign += 1;
-                    Arrival::Foreign
+                    Observation::Foreign
                 };
                 self.last_error = Some(e);
-                (arrival, None)
+                Recorded {
+                    arrival: self.observe(&observation),
+                    observation,
+                    sent_at_us: None,
+                }
             }
         }
     }
 
-    /// Records a decoded reading (not counted in `received`; see [`Self::record_payload`]).
+    /// Records one arrival. Replaying the observations of a run (from a journal) gives
+    /// the same verdict as the run itself.
+    pub fn observe(&mut self, observation: &Observation<'_>) -> Arrival {
+        self.received += 1;
+        match observation {
+            Observation::Reading {
+                stream_id,
+                device_id,
+                seq,
+                total,
+            } => self.record(*stream_id, device_id, *seq, *total),
+            Observation::Corrupt => {
+                self.corrupt += 1;
+                Arrival::Corrupt
+            }
+            Observation::Foreign => {
+                self.foreign += 1;
+                Arrival::Foreign
+            }
+        }
+    }
+
+    /// Records a decoded reading (not counted in `received`; see [`Self::observe`]).
     fn record(&mut self, stream_id: u64, device_id: &str, seq: u64, total: u64) -> Arrival {
         if total > 0 && seq > total {
             // A sequence number its own stream says cannot exist.
@@ -345,9 +403,12 @@ mod tests {
         feed(&mut v, 1, 3, 1..=3);
         let mut bad = payload(1, 2, 3);
         bad[13] ^= 0xff;
-        assert_eq!(v.record_payload(&bad).0, Arrival::Corrupt);
-        assert_eq!(v.record_payload(b"hello").0, Arrival::Foreign);
-        assert_eq!(v.record_payload(&payload(1, 4, 3)).0, Arrival::Foreign);
+        assert_eq!(v.record_payload(&bad).arrival, Arrival::Corrupt);
+        assert_eq!(v.record_payload(b"hello").arrival, Arrival::Foreign);
+        assert_eq!(
+            v.record_payload(&payload(1, 4, 3)).arrival,
+            Arrival::Foreign
+        );
         let verdict = v.verdict();
         assert_eq!(
             (verdict.corrupt, verdict.foreign, verdict.received),
@@ -391,6 +452,48 @@ mod tests {
         assert_eq!(verdict.missing, 6);
         assert_eq!(verdict.streams[0].missing, 6);
         assert_eq!(verdict.missing_ranges, vec![[4, 4], [6, 10]]);
+    }
+
+    #[test]
+    fn replaying_observations_rebuilds_the_same_verdict() {
+        let mut live = Verifier::new(10);
+        let mut log = Vec::new();
+        let mut bad = payload(1, 2, 10);
+        bad[20] ^= 1;
+        let payloads = [
+            payload(1, 1, 10),
+            payload(1, 3, 10),
+            payload(1, 1, 10),
+            bad,
+            b"x".to_vec(),
+        ];
+        for p in &payloads {
+            let recorded = live.record_payload(p);
+            log.push(match recorded.observation {
+                Observation::Reading {
+                    stream_id,
+                    seq,
+                    total,
+                    ..
+                } => (1, stream_id, seq, total),
+                Observation::Corrupt => (2, 0, 0, 0),
+                Observation::Foreign => (3, 0, 0, 0),
+            });
+        }
+        let mut replayed = Verifier::new(10);
+        for (kind, stream_id, seq, total) in log {
+            replayed.observe(&match kind {
+                1 => Observation::Reading {
+                    stream_id,
+                    device_id: "dev".into(),
+                    seq,
+                    total,
+                },
+                2 => Observation::Corrupt,
+                _ => Observation::Foreign,
+            });
+        }
+        assert_eq!(replayed.verdict(), live.verdict());
     }
 
     #[test]

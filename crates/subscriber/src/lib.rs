@@ -2,14 +2,19 @@
 //! every expected reading is in, when the stream goes idle, or when told to.
 //!
 //! One task owns the connection and does the verification inline, so a message is
-//! decoded straight from rumqttc's buffer with no hand-off between tasks.
+//! decoded straight from rumqttc's buffer with no hand-off between tasks. With a state
+//! file, acks are held back until the journal has the readings (see `acks`), and a
+//! restart replays the journal (see `journal`).
 
+mod acks;
 pub mod cli;
+pub mod journal;
 
 use std::time::{Duration, Instant};
 
 use mqtt_protocol::connect::{first_connack, ConnectError};
 use mqtt_protocol::progress::Progress;
+use mqtt_protocol::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::report::{rate, VerifyReport, SCHEMA_VERSION};
 use mqtt_protocol::resources::peak_rss_kib;
 use mqtt_protocol::timing::{now_unix_us, Timing};
@@ -20,25 +25,31 @@ use rumqttc::{
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use acks::AckBatch;
 pub use cli::SubscriberArgs;
+use journal::{Header, Journal, JournalError};
 
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+/// Room in rumqttc's request channel for a whole batch of acks plus a subscribe.
+const REQUEST_CAPACITY: usize = 4 * acks::MAX_BATCH;
 
 /// Why a run failed. A failure after subscribing carries what had been verified.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    State(#[from] JournalError),
     #[error("the broker refused the subscription to {0:?}")]
     Refused(String),
     #[error("no SUBACK from the broker within {0} s")]
     NoSubAck(u64),
     #[error("lost the connection to the broker before the subscription was confirmed: {0}")]
     SubscribeLost(ConnectionError),
-    #[error("lost the connection to the broker after {} messages: {source}", .report.verdict.received)]
-    ConnectionLost {
+    #[error("after {} messages: {reason}", .report.verdict.received)]
+    Stopped {
         report: Box<VerifyReport>,
-        source: ConnectionError,
+        reason: String,
     },
 }
 
@@ -46,7 +57,7 @@ impl SubscribeError {
     /// What had been verified before the failure, if anything.
     pub fn partial_report(&self) -> Option<&VerifyReport> {
         match self {
-            SubscribeError::ConnectionLost { report, .. } => Some(report),
+            SubscribeError::Stopped { report, .. } => Some(report),
             _ => None,
         }
     }
@@ -66,51 +77,142 @@ pub async fn run(
     args: SubscriberArgs,
     shutdown: CancellationToken,
 ) -> Result<VerifyReport, SubscribeError> {
-    let client_id = args.broker.client_id_or("mqtt-sub");
-    let options = args.broker.mqtt_options(client_id.clone());
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let client_id = match (&args.broker.client_id, &args.state) {
+        (Some(id), _) => id.clone(),
+        (None, Some(path)) => journal::recorded_client_id(path)?
+            .unwrap_or_else(|| args.broker.client_id_or("mqtt-sub")),
+        (None, None) => args.broker.client_id_or("mqtt-sub"),
+    };
+    let mut verifier = Verifier::new(args.count);
+    let mut batch = match &args.state {
+        Some(path) => {
+            let header = Header {
+                journal: 1,
+                client_id: client_id.clone(),
+                topic: args.topic.clone(),
+                count: args.count,
+            };
+            let journal = Journal::open(path, &header, args.fsync, &mut verifier)?;
+            if journal.replayed > 0 {
+                info!(
+                    "resumed from {}: {} arrivals on record",
+                    path.display(),
+                    journal.replayed
+                );
+            }
+            Some(AckBatch::new(journal))
+        }
+        None => None,
+    };
+    let resumed = verifier.received();
+    // A named or stateful subscriber keeps its session, so nothing published while it
+    // is away is lost; an anonymous one has a random id no one could resume.
+    let persistent = args.broker.client_id.is_some() || args.state.is_some();
+    let mut options = args.broker.mqtt_options(client_id.clone());
+    options
+        .set_clean_session(!persistent)
+        .set_manual_acks(batch.is_some());
+    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     args.broker.configure(&mut eventloop);
     first_connack(&mut eventloop, &args.broker).await?;
-    subscribe(&client, &mut eventloop, &args).await?;
-    info!(
-        broker = %args.broker.address(),
-        client_id = %client_id,
-        "subscribed to {} at QoS {}; waiting for {} readings",
-        args.topic,
-        args.qos,
-        args.count
-    );
+    // The SUBACK is awaited in the main loop: a resumed session may deliver its backlog
+    // before it, and every one of those readings must be counted.
+    let suback_timeout = Duration::from_secs(args.broker.connect_timeout);
+    let mut suback_deadline = Some(Instant::now() + suback_timeout);
+    let mut announced = false;
+    client
+        .try_subscribe(args.topic.as_str(), qos(args.qos))
+        .map_err(|_| SubscribeError::SubscribeLost(ConnectionError::RequestsDone))?;
 
-    let mut verifier = Verifier::new(args.count);
     let mut timing = Timing::new();
     let progress = Progress::new("Messages received", args.progress_every, args.count);
     let idle = Duration::from_secs_f64(args.idle_timeout);
+    let process_delay = Duration::from_micros(args.process_delay_us);
     let mut last_arrival: Option<Instant> = None;
     let (mut interrupted, mut idle_timeout) = (false, false);
-    let mut lost = None;
+    let mut reconnects = 0;
+    let mut failure: Option<String> = None;
 
     while !verifier.is_satisfied() {
         // Before the first message the idle timer sleeps "forever" (a day).
-        let idle_deadline =
-            last_arrival.map_or(Instant::now() + Duration::from_secs(86_400), |t| t + idle);
+        let far = Instant::now() + Duration::from_secs(86_400);
+        let idle_deadline = last_arrival.map_or(far, |t| t + idle);
+        let ack_deadline = batch.as_ref().and_then(AckBatch::deadline).unwrap_or(far);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
                 interrupted = true;
                 break;
             }
+            _ = tokio::time::sleep_until(suback_deadline.unwrap_or(far).into()), if suback_deadline.is_some() => {
+                failure = Some(SubscribeError::NoSubAck(args.broker.connect_timeout).to_string());
+                break;
+            }
+            _ = tokio::time::sleep_until(ack_deadline.into()) => {
+                if let Some(batch) = batch.as_mut() {
+                    batch.commit(&client)?;
+                }
+            }
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Incoming::Publish(publish))) => {
                     let now = Instant::now();
-                    let (_, sent_at) = verifier.record_payload(&publish.payload);
-                    timing.record(now, now_unix_us(), sent_at);
+                    let recorded = verifier.record_payload(&publish.payload);
+                    timing.record(now, now_unix_us(), recorded.sent_at_us);
                     progress.update(verifier.received());
                     last_arrival = Some(now);
+                    if let Some(batch) = batch.as_mut() {
+                        batch.record(&recorded.observation);
+                        if batch.hold(publish) {
+                            batch.commit(&client)?;
+                        }
+                    }
+                    simulate_work(process_delay);
+                }
+                Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                    if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                        failure = Some(SubscribeError::Refused(args.topic.clone()).to_string());
+                        break;
+                    }
+                    suback_deadline = None;
+                    if !announced {
+                        announced = true;
+                        info!(
+                            broker = %args.broker.address(),
+                            client_id = %client_id,
+                            persistent,
+                            "subscribed to {} at QoS {}; waiting for {} readings",
+                            args.topic,
+                            args.qos,
+                            args.count
+                        );
+                    }
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    lost = Some(e);
-                    break;
+                Err(lost) => {
+                    if let Some(batch) = batch.as_mut() {
+                        // Those acks belonged to the lost connection; the broker sends
+                        // the readings again and the journal already has them.
+                        batch.abandon()?;
+                    }
+                    match reconnect(&mut eventloop, lost, &args.reconnect, &shutdown).await {
+                        Ok(ack) => {
+                            reconnects += 1;
+                            if !ack.session_present {
+                                // The broker forgot us (restart, or a clean session):
+                                // subscribe again; the SUBACK is checked above.
+                                let _ = client.try_subscribe(args.topic.as_str(), qos(args.qos));
+                                suback_deadline = Some(Instant::now() + suback_timeout);
+                            }
+                        }
+                        Err(ReconnectError::Interrupted) => {
+                            interrupted = true;
+                            break;
+                        }
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            break;
+                        }
+                    }
                 }
             },
             _ = tokio::time::sleep_until(idle_deadline.into()) => {
@@ -119,6 +221,9 @@ pub async fn run(
                 break;
             }
         }
+    }
+    if let Some(batch) = batch.as_mut() {
+        batch.commit(&client)?;
     }
     progress.finish();
 
@@ -133,7 +238,7 @@ pub async fn run(
         client_id,
         topic: args.topic.clone(),
         qos: args.qos,
-        msgs_per_s: rate(verdict.received, elapsed),
+        msgs_per_s: rate(verdict.received - resumed, elapsed),
         verdict,
         latency_us: timing.latency(),
         per_second: timing.per_second().to_vec(),
@@ -141,51 +246,34 @@ pub async fn run(
         interrupted,
         idle_timeout,
         last_decode_error: verifier.last_error().map(ToString::to_string),
+        reconnects,
+        resumed,
         peak_rss_kib: peak_rss_kib(),
     };
-    if let Some(source) = lost {
-        return Err(SubscribeError::ConnectionLost {
+    if let Some(reason) = failure {
+        return Err(SubscribeError::Stopped {
             report: Box::new(report),
-            source,
+            reason,
         });
     }
     disconnect(&client, &mut eventloop).await;
     Ok(report)
 }
 
-/// Subscribes and waits for the SUBACK, which must grant the subscription.
-async fn subscribe(
-    client: &AsyncClient,
-    eventloop: &mut EventLoop,
-    args: &SubscriberArgs,
-) -> Result<(), SubscribeError> {
-    let secs = args.broker.connect_timeout;
-    client
-        .subscribe(args.topic.as_str(), qos(args.qos))
-        .await
-        .map_err(|_| SubscribeError::SubscribeLost(ConnectionError::RequestsDone))?;
-    let wait = async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                    return if ack
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                    {
-                        Err(SubscribeError::Refused(args.topic.clone()))
-                    } else {
-                        Ok(())
-                    };
-                }
-                Ok(_) => {}
-                Err(e) => return Err(SubscribeError::SubscribeLost(e)),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(secs), wait)
-        .await
-        .unwrap_or(Err(SubscribeError::NoSubAck(secs)))
+/// Spends `delay` as a consumer doing real work would: blocking. Short delays spin,
+/// because a sleeping thread wakes 50 µs or more late and would overstate them.
+fn simulate_work(delay: Duration) {
+    if delay.is_zero() {
+        return;
+    }
+    if delay >= Duration::from_millis(1) {
+        std::thread::sleep(delay);
+        return;
+    }
+    let until = Instant::now() + delay;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
 }
 
 /// Sends DISCONNECT and waits (briefly) until it is written.
