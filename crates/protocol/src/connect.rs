@@ -311,6 +311,26 @@ fn tls_detail(e: &rumqttc::TlsError) -> String {
     }
 }
 
+/// How long the final DISCONNECT may take.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+
+/// Ends a session politely: sends DISCONNECT and polls (briefly) until it is written, so
+/// the broker sees a clean goodbye (and does not publish a will).
+pub async fn disconnect(client: &rumqttc::AsyncClient, eventloop: &mut EventLoop) {
+    if client.try_disconnect().is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(DISCONNECT_GRACE, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -214,3 +214,32 @@ impl fmt::Display for VerifyReport {
         Ok(())
     }
 }
+
+/// The end of a client run, shared by both binaries: prints the summary of whatever was
+/// done (also after a failure), writes the JSON report if asked, prints the error if
+/// any, and returns the exit code: 1 for an error or an unwritable report, else
+/// `verdict(report)`.
+pub fn conclude<R: Serialize + fmt::Display>(
+    report: Option<&R>,
+    error: Option<&dyn fmt::Display>,
+    json_path: Option<&Path>,
+    verdict: impl Fn(&R) -> u8,
+) -> std::process::ExitCode {
+    if let Some(report) = report {
+        eprintln!("{report}");
+        if let Some(path) = json_path {
+            if let Err(e) = write_json(report, path) {
+                eprintln!("error: cannot write the report to {}: {e}", path.display());
+                return crate::exit::code(crate::exit::RUNTIME_ERROR);
+            }
+        }
+    }
+    crate::exit::code(match (report, error) {
+        (_, Some(error)) => {
+            eprintln!("error: {error}");
+            crate::exit::RUNTIME_ERROR
+        }
+        (Some(report), None) => verdict(report),
+        (None, None) => crate::exit::OK,
+    })
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use mqtt_protocol::connect::{first_connack, ConnectError};
+use mqtt_protocol::connect::{disconnect, first_connack, ConnectError};
 use mqtt_protocol::progress::Progress;
 use mqtt_protocol::reading::Reading;
 use mqtt_protocol::reconnect::{reconnect, ReconnectError};
@@ -26,8 +26,6 @@ use crate::PublisherArgs;
 
 /// How long an interrupted run may spend collecting acknowledgements of what it sent.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
-/// How long the final DISCONNECT may take.
-const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// Encoded readings are cut from shared buffers of this size: one allocation per few
 /// hundred readings instead of one (or two) per reading.
 const ARENA_BYTES: usize = 64 * 1024;
@@ -400,22 +398,6 @@ impl<'a> Encoder<'a> {
         self.arena.extend_from_slice(&self.scratch);
         self.arena.split().freeze()
     }
-}
-
-/// Sends DISCONNECT and waits (briefly) until it is written.
-async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
-    if client.try_disconnect().is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(DISCONNECT_GRACE, async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
 }
 
 #[cfg(test)]

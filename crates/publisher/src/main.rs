@@ -20,24 +20,15 @@ async fn main() -> ExitCode {
     let result = mqtt_publisher::run(args, shutdown::on_signals()).await;
     let (report, error) = match &result {
         Ok(report) => (Some(report), None),
-        Err(e) => (e.partial_report(), Some(e)),
+        Err(e) => (e.partial_report(), Some(e as &dyn std::fmt::Display)),
     };
-    if let Some(report) = &report {
-        eprintln!("{report}");
-        if let Some(path) = &report_path {
-            if let Err(e) = report::write_json(report, path) {
-                eprintln!("error: cannot write the report to {}: {e}", path.display());
-                return exit::code(exit::RUNTIME_ERROR);
-            }
+    report::conclude(report, error, report_path.as_deref(), |r| {
+        if r.summary.interrupted {
+            exit::INTERRUPTED
+        } else if !r.summary.complete {
+            exit::MISSING
+        } else {
+            exit::OK
         }
-    }
-    match (report, error) {
-        (_, Some(error)) => {
-            eprintln!("error: {error}");
-            exit::code(exit::RUNTIME_ERROR)
-        }
-        (Some(r), None) if r.summary.interrupted => exit::code(exit::INTERRUPTED),
-        (Some(r), None) if !r.summary.complete => exit::code(exit::MISSING),
-        _ => exit::code(exit::OK),
-    }
+    })
 }

@@ -12,16 +12,14 @@ pub mod journal;
 
 use std::time::{Duration, Instant};
 
-use mqtt_protocol::connect::{first_connack, ConnectError};
+use mqtt_protocol::connect::{disconnect, first_connack, ConnectError};
 use mqtt_protocol::progress::Progress;
 use mqtt_protocol::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::report::{rate, VerifyReport, SCHEMA_VERSION};
 use mqtt_protocol::resources::peak_rss_kib;
 use mqtt_protocol::timing::{now_unix_us, Timing};
 use mqtt_protocol::verify::Verifier;
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, QoS, SubscribeReasonCode,
-};
+use rumqttc::{AsyncClient, ConnectionError, Event, Incoming, QoS, SubscribeReasonCode};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -29,7 +27,6 @@ use acks::AckBatch;
 pub use cli::SubscriberArgs;
 use journal::{Header, Journal, JournalError};
 
-const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// Room in rumqttc's request channel for a whole batch of acks plus a subscribe.
 const REQUEST_CAPACITY: usize = 4 * acks::MAX_BATCH;
 
@@ -274,20 +271,4 @@ fn simulate_work(delay: Duration) {
     while Instant::now() < until {
         std::hint::spin_loop();
     }
-}
-
-/// Sends DISCONNECT and waits (briefly) until it is written.
-async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
-    if client.try_disconnect().is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(DISCONNECT_GRACE, async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
 }
