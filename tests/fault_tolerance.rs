@@ -108,3 +108,57 @@ fn connections_cut_dozens_of_times_lose_nothing() {
     assert_eq!(num(&report, "distinct"), N);
     assert!(num(&report, "reconnects") >= 1, "{report}");
 }
+
+#[test]
+fn a_slow_subscriber_loses_only_what_the_broker_reports_dropping() {
+    const N: u64 = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small-log.toml");
+    // A tiny in-memory log (2 x 64 KiB, about 2,000 readings) that a slow subscriber
+    // soon falls behind.
+    std::fs::write(
+        &config,
+        "[router]\nmax_segment_size = 65536\nmax_segment_count = 2\n",
+    )
+    .unwrap();
+    let broker = Broker::start_with(&["--config", config.to_str().unwrap()]);
+    let count = N.to_string();
+    let subscriber = Subscriber::start(
+        broker.port,
+        &[
+            "--count",
+            &count,
+            "--process-delay-us",
+            "100",
+            "--idle-timeout",
+            "3",
+        ],
+    );
+    let (status, published, stderr) =
+        publish(broker.port, &["--count", &count], Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(num(&published, "acked"), N);
+    let (_, report) = subscriber.finish(Duration::from_secs(120));
+    let missing = num(&report, "missing");
+    // What the broker says it dropped, line by line.
+    let log = broker.proc.stderr();
+    let dropped: u64 = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("rumqttd dropped"))
+        .filter_map(|l| {
+            l.split("dropped=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    eprintln!("subscriber missing {missing}, broker reported {dropped} dropped");
+    assert!(
+        missing > 0,
+        "the subscriber kept up; the test proves nothing: {report}"
+    );
+    assert_eq!(dropped, missing, "broker log:\n{log}\nsubscriber: {report}");
+    assert_eq!(num(&report, "distinct") + missing, N);
+}

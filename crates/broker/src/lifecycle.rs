@@ -4,7 +4,7 @@
 //! either way. This tracing layer turns those three events into [`Signal`]s that `run` waits on,
 //! so the broker knows for sure whether it is serving before it says so on stdout.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::mpsc;
@@ -26,6 +26,31 @@ pub(crate) enum Signal {
     ServerFailed { server: String, error: String },
     /// The router thread returned; no message can be routed any more.
     RouterDone { reason: String },
+    /// rumqttd skipped `count` messages a subscriber of `filter` had not read yet: its
+    /// in-memory log rolled over. They are lost; [`dropped_total`] has the exact sum.
+    Dropped { filter: String, count: u64 },
+}
+
+/// Messages rumqttd has dropped unread since the process started (exact, unlike the
+/// signals, which a full queue may lose).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Messages rumqttd has dropped unread so far.
+pub(crate) fn dropped_total() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Reads rumqttd's cursor-jump warning ("Read cursor start jumped from (s, o) to (s2, o2)
+/// on FILTER"): offsets count messages, so the jump is the number skipped.
+pub(crate) fn cursor_jump(error: &str, from: &str, to: &str) -> Option<(String, u64)> {
+    let filter = error.strip_prefix("Read cursor start jumped")?;
+    let filter = filter.rsplit_once(" on ").map_or("", |(_, f)| f).to_owned();
+    let offset = |cursor: &str| -> Option<u64> {
+        let inner = cursor.trim().strip_prefix('(')?.strip_suffix(')')?;
+        inner.split(',').nth(1)?.trim().parse().ok()
+    };
+    let skipped = offset(to)?.checked_sub(offset(from)?)?;
+    Some((filter, skipped))
 }
 
 /// Which lifecycle event, if any, rumqttd's `message` at `target` announces.
@@ -93,6 +118,17 @@ struct LifecycleLayer;
 impl<S: Subscriber> Layer<S> for LifecycleLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let target = event.metadata().target();
+        if target == ROUTER_TARGET && *event.metadata().level() == Level::WARN {
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            if let Some((filter, count)) =
+                cursor_jump(&fields.error, &fields.request_cursor, &fields.start_cursor)
+            {
+                DROPPED.fetch_add(count, Ordering::Relaxed);
+                publish(Signal::Dropped { filter, count });
+            }
+            return;
+        }
         let Some(kind) = Message::of(event)
             .as_str()
             .and_then(|m| classify(target, m))
@@ -126,6 +162,8 @@ struct Fields {
     listen_addr: String,
     error: String,
     reason: String,
+    request_cursor: String,
+    start_cursor: String,
 }
 
 impl Visit for Fields {
@@ -139,6 +177,8 @@ impl Visit for Fields {
             "listen_addr" => &mut self.listen_addr,
             "error" => &mut self.error,
             "reason" => &mut self.reason,
+            "request_cursor" => &mut self.request_cursor,
+            "start_cursor" => &mut self.start_cursor,
             _ => return,
         };
         *slot = format!("{value:?}");
@@ -148,6 +188,23 @@ impl Visit for Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cursor_jump_says_how_many_messages_were_skipped() {
+        assert_eq!(
+            cursor_jump(
+                "Read cursor start jumped from (0, 17) to (3, 5017) on sensors/#",
+                "(0, 17)",
+                "(3, 5017)"
+            ),
+            Some(("sensors/#".to_owned(), 5000))
+        );
+        assert_eq!(cursor_jump("something else", "(0, 1)", "(0, 2)"), None);
+        assert_eq!(
+            cursor_jump("Read cursor start jumped", "garbage", "(0, 2)"),
+            None
+        );
+    }
 
     #[test]
     fn recognises_the_three_lifecycle_events() {

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::auth::Users;
 use crate::config::BrokerConfig;
@@ -221,7 +221,12 @@ impl RunningBroker {
                 _ = shutdown.cancelled() => {
                     // rumqttd has no graceful stop; returning lets the process exit, which
                     // closes every connection at once. That is the clean stop.
-                    info!("shutting down");
+                    let dropped = lifecycle::dropped_total();
+                    if dropped > 0 {
+                        error!(dropped, "shutting down; {dropped} messages were dropped unread by slow subscribers during this run");
+                    } else {
+                        info!("shutting down");
+                    }
                     return Ok(());
                 }
                 signal = self.signals.recv() => {
@@ -271,6 +276,18 @@ impl RunningBroker {
                 })
             }
             Some(Signal::RouterDone { reason }) => Some(BrokerError::RouterDone { reason }),
+            Some(Signal::Dropped { filter, count }) => {
+                // The loud half of the accounting: rumqttd itself only logs a WARN.
+                error!(
+                    filter,
+                    dropped = count,
+                    total = lifecycle::dropped_total(),
+                    "rumqttd dropped {count} messages a subscriber of {filter} had not read yet \
+                     (its in-memory log rolled over: raise [router] max_segment_size or \
+                     max_segment_count); they are lost"
+                );
+                None
+            }
             Some(_) => None,
             // Cannot happen while the lifecycle layer holds the sender; if it does, we are
             // blind, which is as bad as stopped.
