@@ -190,10 +190,19 @@ impl Broker {
         Self::start_with(&[])
     }
 
+    /// A broker on a given address, e.g. the port of one that was killed.
+    pub fn start_with_listen(listen: &str) -> Broker {
+        Self::spawn(&["--listen", listen])
+    }
+
     pub fn start_with(extra: &[&str]) -> Broker {
         let mut args = vec!["--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn("mqtt-broker", &args);
+        Self::spawn(&args)
+    }
+
+    fn spawn(args: &[&str]) -> Broker {
+        let mut proc = Proc::spawn("mqtt-broker", args);
         let line = proc.stdout_line(Duration::from_secs(20));
         let addr = line
             .trim()
