@@ -232,15 +232,7 @@ impl Subscriber {
     pub fn start(port: u16, extra: &[&str]) -> Subscriber {
         let dir = tempfile::tempdir().expect("temp dir");
         let report = dir.path().join("subscriber.json");
-        let port = port.to_string();
-        let mut args = vec![
-            "--port",
-            &port,
-            "--report-json",
-            report.to_str().expect("utf-8 path"),
-        ];
-        args.extend_from_slice(extra);
-        let mut proc = Proc::spawn("mqtt-subscriber", &args);
+        let mut proc = spawn_client("mqtt-subscriber", port, &report, extra);
         proc.wait_for_stderr("subscribed to", Duration::from_secs(20));
         Subscriber {
             proc,
@@ -256,10 +248,8 @@ impl Subscriber {
     }
 }
 
-/// Runs the publisher to completion; returns its status, JSON report and stderr.
-pub fn publish(port: u16, extra: &[&str], timeout: Duration) -> (ExitStatus, Value, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let report = dir.path().join("publisher.json");
+/// Starts one of our clients against `port`, writing its JSON report to `report`.
+fn spawn_client(name: &str, port: u16, report: &Path, extra: &[&str]) -> Proc {
     let port = port.to_string();
     let mut args = vec![
         "--port",
@@ -268,7 +258,14 @@ pub fn publish(port: u16, extra: &[&str], timeout: Duration) -> (ExitStatus, Val
         report.to_str().expect("utf-8 path"),
     ];
     args.extend_from_slice(extra);
-    let mut proc = Proc::spawn("mqtt-publisher", &args);
+    Proc::spawn(name, &args)
+}
+
+/// Runs the publisher to completion; returns its status, JSON report and stderr.
+pub fn publish(port: u16, extra: &[&str], timeout: Duration) -> (ExitStatus, Value, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("publisher.json");
+    let mut proc = spawn_client("mqtt-publisher", port, &report, extra);
     let status = proc.wait(timeout);
     let json = read_json(&report, &proc);
     (status, json, proc.stderr())

@@ -311,6 +311,15 @@ fn tls_detail(e: &rumqttc::TlsError) -> String {
     }
 }
 
+/// The QoS for a `--qos` level (validated to 0..=2 by the flags' parser).
+pub fn qos(level: u8) -> rumqttc::QoS {
+    match level {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
 /// How long the final DISCONNECT may take.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 

@@ -16,7 +16,7 @@ use mqtt_protocol::progress::Progress;
 use mqtt_protocol::reading::Reading;
 use mqtt_protocol::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::timing::now_unix_us;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, QoS, Request};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, Request};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -297,11 +297,7 @@ async fn produce(
     handed_over: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
-    let qos = match args.qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    };
+    let qos = mqtt_protocol::connect::qos(args.qos);
     let mut encoder = Encoder::new(&args, &identity.device_id, stream_id, plan.count);
     let last = match (plan.count, plan.schedule, plan.end) {
         (Some(count), _, _) => count,

@@ -12,14 +12,14 @@ pub mod journal;
 
 use std::time::{Duration, Instant};
 
-use mqtt_protocol::connect::{disconnect, first_connack, ConnectError};
+use mqtt_protocol::connect::{disconnect, first_connack, qos, ConnectError};
 use mqtt_protocol::progress::Progress;
 use mqtt_protocol::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::report::{rate, VerifyReport, SCHEMA_VERSION};
 use mqtt_protocol::resources::peak_rss_kib;
 use mqtt_protocol::timing::{now_unix_us, Timing};
 use mqtt_protocol::verify::Verifier;
-use rumqttc::{AsyncClient, ConnectionError, Event, Incoming, QoS, SubscribeReasonCode};
+use rumqttc::{AsyncClient, ConnectionError, Event, Incoming, SubscribeReasonCode};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -57,14 +57,6 @@ impl SubscribeError {
             SubscribeError::Stopped { report, .. } => Some(report),
             _ => None,
         }
-    }
-}
-
-fn qos(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
     }
 }
 
