@@ -67,6 +67,11 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin(name)` with `args`; stdout is piped for the caller to read.
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        Proc::spawn_with_env(name, args, &[])
+    }
+
+    /// [`Proc::spawn`] with `env` set (and the user's MQTT_* settings never inherited).
+    pub fn spawn_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = fs::File::create(&stderr_path).expect("stderr file");
@@ -74,7 +79,9 @@ impl Proc {
             .args(args)
             .env_remove("MQTT_HOST")
             .env_remove("MQTT_PORT")
+            .env_remove("MQTT_BROKERS")
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -14,6 +14,9 @@ use rumqttc::{
 use rustls::pki_types::CertificateDer;
 use thiserror::Error;
 
+pub use crate::failover::Endpoint;
+use crate::failover::{current, move_to};
+
 /// The environment variable the password comes from.
 pub const PASSWORD_ENV: &str = "MQTT_PASSWORD";
 
@@ -31,6 +34,18 @@ pub struct BrokerArgs {
     /// Broker TCP port.
     #[arg(long, env = "MQTT_PORT", default_value_t = 1883)]
     pub port: u16,
+
+    /// A broker as HOST:PORT; repeat for failover (or list them, comma-separated, in
+    /// MQTT_BROKERS). Overrides --host/--port. The client connects to the first that
+    /// answers and, when its connection is lost and that broker stays away, moves on to
+    /// the next, keeping its counts and its unacknowledged readings.
+    #[arg(
+        long = "broker",
+        value_name = "HOST:PORT",
+        env = "MQTT_BROKERS",
+        value_delimiter = ','
+    )]
+    pub brokers: Vec<Endpoint>,
 
     /// MQTT client id [default: a unique id per process, so two clients never take
     /// over each other's connection].
@@ -92,13 +107,22 @@ fn non_empty(s: &str) -> Result<String, String> {
 }
 
 impl BrokerArgs {
-    /// `host:port`, for messages.
-    pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
+    /// The brokers to use, in order: the `--broker` list, else `--host`/`--port`.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        if self.brokers.is_empty() {
+            vec![Endpoint {
+                host: self.host.clone(),
+                port: self.port,
+            }]
         } else {
-            format!("{}:{}", self.host, self.port)
+            self.brokers.clone()
         }
+    }
+
+    /// The first broker as `host:port`, or all of them comma-separated, for messages.
+    pub fn address(&self) -> String {
+        let all: Vec<String> = self.endpoints().iter().map(ToString::to_string).collect();
+        all.join(",")
     }
 
     /// The client id to use: the one given, or `prefix-` and 8 random hex digits.
@@ -113,10 +137,11 @@ impl BrokerArgs {
         self.tls || self.ca_file.is_some()
     }
 
-    /// MQTT options for a clean session with `client_id`, with TLS and credentials as the
-    /// flags (and `MQTT_PASSWORD`) say.
+    /// MQTT options for a clean session with `client_id` on the first broker, with TLS
+    /// and credentials as the flags (and `MQTT_PASSWORD`) say.
     pub fn mqtt_options(&self, client_id: String) -> MqttOptions {
-        let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
+        let first = self.endpoints().swap_remove(0);
+        let mut options = MqttOptions::new(client_id, first.host, first.port);
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true)
@@ -170,7 +195,7 @@ const HANDSHAKE_HINT: &str = "check credentials (--username and MQTT_PASSWORD) a
 pub enum ConnectError {
     #[error(
         "cannot reach the MQTT broker at {addr}: {source}. Is it running? Start one with \
-         `mqtt-broker`, or point --host/--port (MQTT_HOST/MQTT_PORT) at yours"
+         `mqtt-broker`, or point --broker (or --host/--port) at yours"
     )]
     Unreachable {
         addr: String,
@@ -201,6 +226,8 @@ pub enum ConnectError {
         addr: String,
         source: ConnectionError,
     },
+    #[error("none of the {} brokers (--broker) accepted the connection:{failures}", failures.0.len())]
+    NoneAccepted { failures: Failures },
 }
 
 /// Human words for a CONNACK return code.
@@ -228,29 +255,62 @@ fn refusal_hint(reason: &str) -> &'static str {
     }
 }
 
-/// Polls `eventloop` until the broker's CONNACK, failing fast (within the configured
-/// connect timeout) when the broker is unreachable, silent or refuses.
+/// Polls `eventloop` until a broker's CONNACK, failing fast (within the connect timeout
+/// per broker) when it is unreachable, silent or refuses. With several brokers
+/// (`--broker`), tries each in order and fails only when none accepts; the event loop
+/// stays pointed at the one that did.
 pub async fn first_connack(
     eventloop: &mut EventLoop,
     broker: &BrokerArgs,
 ) -> Result<ConnAck, ConnectError> {
-    let addr = broker.address();
-    let deadline = Duration::from_secs(broker.connect_timeout);
+    let endpoints = broker.endpoints();
+    if endpoints.len() == 1 {
+        return connack_from(eventloop, broker.connect_timeout).await;
+    }
+    let mut failures = Vec::new();
+    for endpoint in &endpoints {
+        move_to(eventloop, endpoint);
+        match connack_from(eventloop, broker.connect_timeout).await {
+            Ok(ack) => return Ok(ack),
+            Err(e) => {
+                tracing::debug!("broker {endpoint} did not accept the connection: {e}");
+                failures.push(e);
+            }
+        }
+    }
+    Err(ConnectError::NoneAccepted {
+        failures: Failures(failures),
+    })
+}
+
+/// One broker's CONNACK, within `secs`.
+async fn connack_from(eventloop: &mut EventLoop, secs: u64) -> Result<ConnAck, ConnectError> {
+    let addr = current(eventloop).to_string();
     let wait = async {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Incoming::ConnAck(ack))) => return Ok(ack),
                 Ok(_) => continue,
-                Err(e) => return Err(classify(e, &addr, broker.connect_timeout)),
+                Err(e) => return Err(classify(e, &addr, secs)),
             }
         }
     };
-    match tokio::time::timeout(deadline, wait).await {
+    match tokio::time::timeout(Duration::from_secs(secs), wait).await {
         Ok(result) => result,
-        Err(_) => Err(ConnectError::Timeout {
-            addr,
-            secs: broker.connect_timeout,
-        }),
+        Err(_) => Err(ConnectError::Timeout { addr, secs }),
+    }
+}
+
+/// Why each of several brokers failed, one per line.
+#[derive(Debug)]
+pub struct Failures(pub Vec<ConnectError>);
+
+impl std::fmt::Display for Failures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
     }
 }
 

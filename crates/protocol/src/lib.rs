@@ -4,6 +4,7 @@
 
 pub mod connect;
 pub mod exit;
+pub mod failover;
 pub mod logging;
 pub mod progress;
 pub mod reading;

@@ -1,13 +1,18 @@
 //! Riding out a lost connection: after the first CONNACK (before it, clients fail fast),
 //! a dropped connection is retried with capped exponential backoff and jitter for at
-//! most `--reconnect-for` seconds, logging the loss and the recovery once each.
+//! most `--reconnect-for` seconds, logging the loss and the recovery once each. With
+//! several brokers (`--broker`), the first attempt goes back to the same broker (most
+//! losses are blips) and each failed attempt moves on to the next.
 
 use std::time::{Duration, Instant};
 
 use rumqttc::{ConnAck, ConnectionError, Event, EventLoop, Incoming};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+use crate::connect::BrokerArgs;
+use crate::failover::{current, move_to, next_after};
 
 /// First pause before a reconnect attempt.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
@@ -69,19 +74,28 @@ pub enum ReconnectError {
 }
 
 /// Reconnects after `lost`, polling `eventloop` (which reconnects by itself on the next
-/// poll) until a CONNACK arrives, the budget runs out, or `shutdown` fires. Returns the
-/// CONNACK, whose `session_present` tells whether the broker kept the session.
+/// poll) until a CONNACK arrives from one of `broker`'s endpoints, the budget runs out,
+/// or `shutdown` fires. Returns the CONNACK, whose `session_present` tells whether the
+/// broker kept the session.
 pub async fn reconnect(
     eventloop: &mut EventLoop,
     lost: ConnectionError,
+    broker: &BrokerArgs,
     args: &ReconnectArgs,
     shutdown: &CancellationToken,
 ) -> Result<ConnAck, ReconnectError> {
     let started = Instant::now();
     let budget = Duration::from_secs(args.reconnect_for);
+    let endpoints = broker.endpoints();
+    let lost_from = current(eventloop);
     warn!(
-        "connection lost ({lost}); reconnecting for up to {} s",
-        args.reconnect_for
+        "connection to {lost_from} lost ({lost}); reconnecting for up to {} s{}",
+        args.reconnect_for,
+        if endpoints.len() > 1 {
+            ", to any of the brokers"
+        } else {
+            ""
+        }
     );
     let mut backoff = Backoff::default();
     let mut last = lost;
@@ -118,13 +132,21 @@ pub async fn reconnect(
                 info!(
                     attempts,
                     session_present = ack.session_present,
-                    "reconnected after {:.1} s",
+                    "reconnected to {} after {:.1} s",
+                    current(eventloop),
                     started.elapsed().as_secs_f64()
                 );
                 return Ok(ack);
             }
             Ok(Err(e)) => last = e,
             Err(_) => last = ConnectionError::NetworkTimeout,
+        }
+        if let Some(next) = next_after(&endpoints, &current(eventloop)) {
+            debug!(
+                "{} did not answer ({last}); trying {next}",
+                current(eventloop)
+            );
+            move_to(eventloop, next);
         }
     }
 }

@@ -280,7 +280,7 @@ async fn resume(
         .iter()
         .filter(|r| matches!(r, Request::Publish(p) if p.pkid != 0))
         .count() as u64;
-    let ack = reconnect(eventloop, lost, &args.reconnect, shutdown).await?;
+    let ack = reconnect(eventloop, lost, &args.broker, &args.reconnect, shutdown).await?;
     if !ack.session_present {
         eventloop.pending = ledger;
     }

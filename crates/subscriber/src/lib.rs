@@ -183,7 +183,7 @@ pub async fn run(
                         // the readings again and the journal already has them.
                         batch.abandon()?;
                     }
-                    match reconnect(&mut eventloop, lost, &args.reconnect, &shutdown).await {
+                    match reconnect(&mut eventloop, lost, &args.broker, &args.reconnect, &shutdown).await {
                         Ok(ack) => {
                             reconnects += 1;
                             if !ack.session_present {

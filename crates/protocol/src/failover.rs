@@ -1,0 +1,162 @@
+//! Several brokers for one client: `--broker HOST:PORT` (repeatable) or `MQTT_BROKERS`.
+//! A client connects to the first that answers and, when its connection is lost and
+//! the broker does not come back, moves on to the next, keeping its event loop (and so
+//! its counts, its in-flight publishes and its ledger).
+//!
+//! rumqttc has no setter for the broker address, so moving on means rebuilding the
+//! options with the same settings (see [`retarget`]); the event loop's state is kept.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rumqttc::{EventLoop, MqttOptions};
+
+/// One broker address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    /// `host:port`, `1.2.3.4:port` or `[::1]:port`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let hint = || format!("{s:?} is not HOST:PORT (for example 127.0.0.1:1883 or [::1]:1883)");
+        let (host, port) = s.rsplit_once(':').ok_or_else(hint)?;
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner.strip_suffix(']').ok_or_else(hint)?,
+            None if host.contains(':') => return Err(hint()),
+            None => host,
+        };
+        let port: u16 = port.parse().map_err(|_| hint())?;
+        if host.is_empty() || port == 0 {
+            return Err(hint());
+        }
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The broker `eventloop` connects to (or tried last).
+pub fn current(eventloop: &EventLoop) -> Endpoint {
+    let (host, port) = eventloop.mqtt_options.broker_address();
+    Endpoint { host, port }
+}
+
+/// Points `eventloop` at `to`; the next poll connects there.
+pub fn move_to(eventloop: &mut EventLoop, to: &Endpoint) {
+    eventloop.mqtt_options = retarget(&eventloop.mqtt_options, to);
+}
+
+/// The endpoint after the current one in `endpoints` (wrapping), or `None` when there
+/// is no other to go to.
+pub fn next_after<'a>(endpoints: &'a [Endpoint], current: &Endpoint) -> Option<&'a Endpoint> {
+    if endpoints.len() < 2 {
+        return None;
+    }
+    let at = endpoints.iter().position(|e| e == current).unwrap_or(0);
+    endpoints.get((at + 1) % endpoints.len())
+}
+
+/// `options` with another broker address and every setting we use kept.
+pub fn retarget(options: &MqttOptions, to: &Endpoint) -> MqttOptions {
+    let mut moved = MqttOptions::new(options.client_id(), to.host.clone(), to.port);
+    moved
+        .set_transport(options.transport())
+        .set_keep_alive(options.keep_alive())
+        .set_clean_session(options.clean_session())
+        // Our clients set both limits alike; rumqttc has a getter for one only.
+        .set_max_packet_size(options.max_packet_size(), options.max_packet_size())
+        .set_request_channel_capacity(options.request_channel_capacity())
+        .set_pending_throttle(options.pending_throttle())
+        .set_inflight(options.inflight())
+        .set_manual_acks(options.manual_acks());
+    if let Some(login) = options.credentials() {
+        moved.set_credentials(login.username, login.password);
+    }
+    if let Some(will) = options.last_will() {
+        moved.set_last_will(will);
+    }
+    moved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn endpoints_parse_and_print_back() {
+        for s in ["127.0.0.1:1883", "broker.local:8883", "[::1]:1884"] {
+            assert_eq!(s.parse::<Endpoint>().unwrap().to_string(), s);
+        }
+        assert_eq!("[::1]:1884".parse::<Endpoint>().unwrap().host, "::1");
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":1883",
+            "host:0",
+            "host:99999",
+            "::1:1883",
+            "[::1:1",
+        ] {
+            let err = bad.parse::<Endpoint>().unwrap_err();
+            assert!(err.contains("is not HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn next_wraps_around_and_needs_another_broker() {
+        let list: Vec<Endpoint> = ["a:1", "b:2", "c:3"].map(|s| s.parse().unwrap()).into();
+        assert_eq!(next_after(&list, &list[0]), Some(&list[1]));
+        assert_eq!(next_after(&list, &list[2]), Some(&list[0]));
+        assert_eq!(next_after(&list[..1], &list[0]), None);
+        // A current broker that is not in the list (the --host/--port one) moves to the second.
+        assert_eq!(next_after(&list, &"z:9".parse().unwrap()), Some(&list[1]));
+    }
+
+    #[test]
+    fn retargeting_keeps_every_setting_but_the_address() {
+        let mut options = MqttOptions::new("dev-7", "a", 1);
+        options
+            .set_keep_alive(Duration::from_secs(17))
+            .set_clean_session(false)
+            .set_credentials("alice", "secret")
+            .set_max_packet_size(4096, 4096)
+            .set_request_channel_capacity(33)
+            .set_pending_throttle(Duration::from_millis(3))
+            .set_inflight(77)
+            .set_manual_acks(true)
+            .set_last_will(rumqttc::LastWill::new(
+                "t",
+                "gone",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+            ));
+        let moved = retarget(&options, &"b:2".parse().unwrap());
+        assert_eq!(moved.broker_address(), ("b".to_owned(), 2));
+        // rumqttc's Debug lists the settings; all but the address must match.
+        let without_address = |o: &MqttOptions| {
+            format!("{o:?}")
+                .replace("broker_addr: \"a\", port: 1", "")
+                .replace("broker_addr: \"b\", port: 2", "")
+        };
+        assert_eq!(without_address(&moved), without_address(&options));
+    }
+}
