@@ -496,6 +496,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_several_brokers_every_one_is_tried_and_named() {
+        let closed = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (a, b) = (closed(), closed());
+        let list = format!("127.0.0.1:{a},127.0.0.1:{b}");
+        let cli = Cli::parse_from(["x", "--port", "1", "--broker", &list]);
+        assert_eq!(cli.broker.endpoints().len(), 2, "the list overrides --port");
+        let (_client, mut eventloop) =
+            rumqttc::AsyncClient::new(cli.broker.mqtt_options("t".into()), 10);
+        cli.broker.configure(&mut eventloop);
+        let err = first_connack(&mut eventloop, &cli.broker)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("none of the 2 brokers"), "{err}");
+        for port in [a, b] {
+            assert!(err.contains(&format!("127.0.0.1:{port}: ")), "{err}");
+        }
+        let bad = Cli::try_parse_from(["x", "--broker", "nohost"]).err().unwrap();
+        assert!(bad.to_string().contains("is not HOST:PORT"), "{bad}");
+    }
+
+    #[tokio::test]
     async fn a_silent_peer_times_out() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
