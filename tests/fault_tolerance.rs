@@ -347,3 +347,87 @@ fn clients_fail_over_to_the_next_broker_when_theirs_dies() {
     assert!(missing < N / 10, "{report}");
     drop(second);
 }
+
+#[test]
+fn a_broker_told_to_stop_lets_a_run_in_progress_finish_then_exits() {
+    const N: u64 = 12_000;
+    let broker = Broker::start();
+    let port = broker.port;
+    let count = N.to_string();
+    let subscriber = Subscriber::start(port, &["--count", &count, "--idle-timeout", "5"]);
+    let port_arg = port.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let pub_report = dir.path().join("pub.json");
+    // Paced to take about 2 s, well inside the default 5 s grace.
+    let mut publisher = support::Proc::spawn(
+        "mqtt-publisher",
+        &[
+            "--port",
+            &port_arg,
+            "--count",
+            &count,
+            "--rate",
+            "6000",
+            "--report-json",
+            pub_report.to_str().unwrap(),
+        ],
+    );
+    publisher.wait_for_stderr("Messages published: 2000\n", Duration::from_secs(30));
+    let mut broker = broker;
+    broker.proc.signal(libc::SIGTERM);
+    broker
+        .proc
+        .wait_for_stderr("stopped accepting connections", Duration::from_secs(10));
+    // No new client gets in during the grace period...
+    let refused = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(refused.is_err(), "the listener still accepts: {refused:?}");
+    // ...while the two connected ones finish their run.
+    assert!(
+        publisher.wait(Duration::from_secs(60)).success(),
+        "{}",
+        publisher.stderr()
+    );
+    assert_eq!(
+        num(&support::read_json(&pub_report, &publisher), "acked"),
+        N
+    );
+    let (status, report) = subscriber.finish(Duration::from_secs(60));
+    assert!(status.success(), "{report}");
+    assert_eq!(num(&report, "distinct"), N, "{report}");
+    let status = broker.proc.wait(Duration::from_secs(10));
+    let log = broker.proc.stderr();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("every client left"), "{log}");
+    assert!(
+        log.contains("2 of 2 clients left by themselves, 0 disconnected now"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_broker_told_to_stop_disconnects_clients_still_there_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, "[connections]\nshutdown_grace_ms = 1500\n").unwrap();
+    let broker = Broker::start_with(&["--config", config.to_str().unwrap()]);
+    let subscriber = Subscriber::start(broker.port, &["--count", "10", "--reconnect-for", "1"]);
+    let mut broker = broker;
+    let asked = std::time::Instant::now();
+    broker.proc.signal(libc::SIGINT);
+    let status = broker.proc.wait(Duration::from_secs(10));
+    let log = broker.proc.stderr();
+    assert!(status.success(), "{log}");
+    assert!(asked.elapsed() >= Duration::from_millis(1400), "{log}");
+    assert!(
+        log.contains("waiting up to 1.5 s for 1 connected clients"),
+        "{log}"
+    );
+    assert!(log.contains("the grace period ended"), "{log}");
+    assert!(
+        log.contains("0 of 1 clients left by themselves, 1 disconnected now"),
+        "{log}"
+    );
+    // The subscriber sees its broker go, tries to come back, and says so.
+    let (status, report) = subscriber.finish(Duration::from_secs(20));
+    assert!(!status.success(), "{report}");
+}

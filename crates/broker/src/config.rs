@@ -57,6 +57,8 @@ pub struct ConnectionsConfig {
     pub max_connections: usize,
     /// Longest accepted MQTT client id, in bytes.
     pub max_client_id_len: usize,
+    /// On SIGINT/SIGTERM, how long connected clients may stay before the broker exits.
+    pub shutdown_grace_ms: u64,
 }
 
 /// `[tls]`: the TLS listener, on when `address` is set.
@@ -112,6 +114,7 @@ impl Default for ConnectionsConfig {
             max_inflight_count: 100,
             max_connections: 10_000,
             max_client_id_len: 256,
+            shutdown_grace_ms: 5_000,
         }
     }
 }
@@ -231,7 +234,7 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let c = &self.connections;
         let r = &self.router;
-        let checks: [(&'static str, u64, bool, &'static str); 9] = [
+        let checks: [(&'static str, u64, bool, &'static str); 10] = [
             (
                 "[connections] connection_timeout_ms",
                 u64::from(c.connection_timeout_ms),
@@ -261,6 +264,12 @@ impl BrokerConfig {
                 c.max_client_id_len as u64,
                 (23..=65_535).contains(&c.max_client_id_len),
                 "must be between 23 (MQTT 3.1.1 requires accepting 23 bytes) and 65535",
+            ),
+            (
+                "[connections] shutdown_grace_ms",
+                c.shutdown_grace_ms,
+                c.shutdown_grace_ms <= 600_000,
+                "must be at most 600000 (ten minutes)",
             ),
             (
                 "[tls] handshake_timeout_ms",

@@ -51,6 +51,10 @@ pub struct RunningBroker {
     plain: Option<SocketAddr>,
     tls: Option<SocketAddr>,
     front_stop: CancellationToken,
+    /// The front, once it runs (it counts the connected clients).
+    front: Option<Arc<Front>>,
+    /// How long connected clients may stay after a shutdown signal.
+    grace: Duration,
     server: String,
     signals: mpsc::Receiver<Signal>,
     stopped: oneshot::Receiver<String>,
@@ -136,6 +140,8 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         plain: plain_addr,
         tls: tls_addr,
         front_stop: CancellationToken::new(),
+        front: None,
+        grace: Duration::from_millis(config.connections.shutdown_grace_ms),
         server,
         signals,
         stopped,
@@ -157,8 +163,9 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
     }
     if let Some(listener) = tls {
         let stop = broker.front_stop.clone();
-        tokio::spawn(front.serve(listener, acceptor, stop));
+        tokio::spawn(Arc::clone(&front).serve(listener, acceptor, stop));
     }
+    broker.front = Some(front);
     Ok(broker)
 }
 
@@ -219,8 +226,9 @@ impl RunningBroker {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
+                    self.drain().await;
                     // rumqttd has no graceful stop; returning lets the process exit, which
-                    // closes every connection at once. That is the clean stop.
+                    // closes every connection left. That is the clean stop.
                     let dropped = lifecycle::dropped_total();
                     if dropped > 0 {
                         error!(dropped, "shutting down; {dropped} messages were dropped unread by slow subscribers during this run");
@@ -237,6 +245,47 @@ impl RunningBroker {
                 outcome = &mut self.stopped => return Err(self.stopped_error(outcome)),
             }
         }
+    }
+
+    /// The graceful half of a shutdown: stops accepting connections (the listeners close),
+    /// then lets the connected clients finish and leave for up to the grace period (a
+    /// second signal ends it early), and says what happened.
+    async fn drain(&mut self) {
+        self.front_stop.cancel();
+        let Some(front) = self.front.clone() else {
+            return;
+        };
+        let connected = front.connected();
+        if connected == 0 || self.grace.is_zero() {
+            info!(connected, "stopped accepting connections");
+            return;
+        }
+        info!(
+            connected,
+            "stopped accepting connections; waiting up to {:.1} s for {connected} connected \
+             clients to finish (a second Ctrl-C ends the wait)",
+            self.grace.as_secs_f64()
+        );
+        let started = tokio::time::Instant::now();
+        let all_left = async {
+            while front.connected() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let why = tokio::select! {
+            () = all_left => "every client left",
+            () = tokio::time::sleep(self.grace) => "the grace period ended",
+            () = mqtt_protocol::shutdown::signalled() => "a second signal came",
+        };
+        let left = front.connected();
+        info!(
+            left_by_themselves = connected.saturating_sub(left),
+            cut_off = left,
+            "{why} after {:.1} s: {} of {connected} clients left by themselves, {left} \
+             disconnected now",
+            started.elapsed().as_secs_f64(),
+            connected.saturating_sub(left)
+        );
     }
 
     async fn until_listening(&mut self) -> Result<(), BrokerError> {

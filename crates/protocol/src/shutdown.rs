@@ -20,6 +20,12 @@ pub fn on_signals() -> CancellationToken {
     token
 }
 
+/// Resolves on the next SIGINT or SIGTERM (for a second signal that cuts a grace
+/// period short).
+pub async fn signalled() {
+    wait_for_signal().await
+}
+
 #[cfg(unix)]
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -61,6 +61,15 @@ pub(crate) struct Front {
     log: log::Budget,
 }
 
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front")
+            .field("upstream", &self.upstream)
+            .field("connected", &self.connected())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Decrements a counter when dropped.
 struct Slot<'a>(&'a AtomicUsize);
 
@@ -86,6 +95,11 @@ impl Front {
             pending: AtomicUsize::new(0),
             log: log::Budget::default(),
         }
+    }
+
+    /// Clients connected through the front right now.
+    pub(crate) fn connected(&self) -> usize {
+        self.active.load(Ordering::Acquire)
     }
 
     /// Accepts connections on `listener` until `stop` is cancelled. Accept errors (such as
