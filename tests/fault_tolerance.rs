@@ -113,18 +113,19 @@ fn connections_cut_dozens_of_times_lose_nothing() {
 
 #[test]
 fn a_slow_subscriber_loses_only_what_the_broker_reports_dropping() {
-    const N: u64 = 30_000;
+    // The measured problem of issue 6: 1 MB x 3 segments, a subscriber at least 10x
+    // slower than the publisher, 200,000 readings.
+    const N: u64 = 200_000;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("small-log.toml");
-    // A tiny in-memory log (2 x 64 KiB, about 2,000 readings) that a slow subscriber
-    // soon falls behind.
     std::fs::write(
         &config,
-        "[router]\nmax_segment_size = 65536\nmax_segment_count = 2\n",
+        "[router]\nmax_segment_size = 1048576\nmax_segment_count = 3\n",
     )
     .unwrap();
     let broker = Broker::start_with(&["--config", config.to_str().unwrap()]);
     let count = N.to_string();
+    // 100 µs per reading: at most 10,000 readings/s, against a publisher at 100,000+.
     let subscriber = Subscriber::start(
         broker.port,
         &[
@@ -137,31 +138,59 @@ fn a_slow_subscriber_loses_only_what_the_broker_reports_dropping() {
         ],
     );
     let (status, published, stderr) =
-        publish(broker.port, &["--count", &count], Duration::from_secs(60));
+        publish(broker.port, &["--count", &count], Duration::from_secs(120));
     assert!(status.success(), "{stderr}");
     assert_eq!(num(&published, "acked"), N);
     let (_, report) = subscriber.finish(Duration::from_secs(120));
+    let (pub_rate, sub_rate) = (
+        published["msgs_per_s"].as_f64().unwrap(),
+        report["msgs_per_s"].as_f64().unwrap(),
+    );
+    assert!(
+        pub_rate >= 10.0 * sub_rate,
+        "the subscriber was not 10x slower: {pub_rate:.0} vs {sub_rate:.0} msg/s"
+    );
     let missing = num(&report, "missing");
-    // What the broker says it dropped, line by line.
+    let mut broker = broker;
+    broker.proc.signal(libc::SIGTERM);
+    broker.proc.wait(Duration::from_secs(15));
+    // What the broker says it dropped, line by line, and its total at shutdown.
     let log = broker.proc.stderr();
+    let field = |line: &str, key: &str| -> Option<u64> {
+        line.split(key)
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
     let dropped: u64 = log
         .lines()
         .filter(|l| l.contains("ERROR") && l.contains("rumqttd dropped"))
-        .filter_map(|l| {
-            l.split("dropped=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+        .filter_map(|l| field(l, "dropped="))
         .sum();
-    eprintln!("subscriber missing {missing}, broker reported {dropped} dropped");
+    let total = log
+        .lines()
+        .find(|l| l.contains("shutting down"))
+        .and_then(|l| field(l, "dropped="));
+    let peak_mib = log
+        .lines()
+        .find(|l| l.contains("shutting down"))
+        .and_then(|l| field(l, "peak_rss_mib="));
+    eprintln!(
+        "publisher {pub_rate:.0} msg/s, subscriber {sub_rate:.0} msg/s; subscriber missing \
+         {missing}, broker reported {dropped} dropped (total {total:?}); broker peak {peak_mib:?} MiB"
+    );
     assert!(
         missing > 0,
         "the subscriber kept up; the test proves nothing: {report}"
     );
     assert_eq!(dropped, missing, "broker log:\n{log}\nsubscriber: {report}");
+    assert_eq!(total, Some(missing), "{log}");
+    assert!(
+        peak_mib.is_some(),
+        "the broker reports its peak memory: {log}"
+    );
     assert_eq!(num(&report, "distinct") + missing, N);
 }
 

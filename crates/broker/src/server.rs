@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use mqtt_protocol::resources::peak_rss_kib;
+
 use crate::auth::Users;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
@@ -230,10 +232,11 @@ impl RunningBroker {
                     // rumqttd has no graceful stop; returning lets the process exit, which
                     // closes every connection left. That is the clean stop.
                     let dropped = lifecycle::dropped_total();
+                    let peak_rss_mib = peak_rss_kib().map(|kib| kib / 1024);
                     if dropped > 0 {
-                        error!(dropped, "shutting down; {dropped} messages were dropped unread by slow subscribers during this run");
+                        error!(dropped, peak_rss_mib, "shutting down; {dropped} messages were dropped unread by slow subscribers during this run");
                     } else {
-                        info!("shutting down");
+                        info!(dropped, peak_rss_mib, "shutting down");
                     }
                     return Ok(());
                 }
