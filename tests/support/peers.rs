@@ -70,6 +70,18 @@ pub fn mosquitto_pub() -> Option<PathBuf> {
     })
 }
 
+/// NATS Server (2.9 or newer, for its MQTT support and clustered JetStream), or `None`
+/// (after reporting it). `scripts/cluster` runs it from config/nats.
+pub fn nats_server() -> Option<PathBuf> {
+    find_program("nats-server").or_else(|| {
+        missing(
+            "nats-server",
+            ".ci/run installs it",
+            "apt-get install nats-server",
+        )
+    })
+}
+
 /// The workspace root (the root package's manifest directory).
 pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

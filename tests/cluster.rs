@@ -1,0 +1,368 @@
+//! A real cluster: three NATS Server nodes speaking MQTT, from the configuration in
+//! config/nats started by `scripts/cluster up` on free loopback ports, with our publisher
+//! on node 1 and a persistent-session subscriber on node 2. First a plain run, then the
+//! same with a node SIGKILLed mid-run while its client fails over to another node.
+//! Skipped (with a message) without nats-server; a failure under CI=true.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{num, peers, read_json, Proc, Subscriber};
+
+const READINGS: u64 = 20_000;
+
+/// One cluster at a time: three clusters of three nodes at once would measure the
+/// machine, not the cluster.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Bound on `scripts/cluster up` (it waits up to CLUSTER_WAIT for /healthz itself).
+const UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on a whole run; the cluster does a few thousand QoS 1 readings a second when
+/// healthy and a few hundred with a node down.
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Three nodes of config/nats on free loopback ports, in a temporary directory; every
+/// node is SIGKILLed when this is dropped.
+struct NatsCluster {
+    dir: tempfile::TempDir,
+    mqtt: [u16; 3],
+    http: [u16; 3],
+}
+
+impl NatsCluster {
+    fn up(nats_server: &Path) -> NatsCluster {
+        let mut failure = String::new();
+        // Free ports are found by binding and releasing them; should another process
+        // take one in between, a node fails to listen and we try other ports.
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut env = vec![
+                ("CLUSTER_DIR".to_owned(), dir.path().display().to_string()),
+                ("NATS_SERVER".to_owned(), nats_server.display().to_string()),
+                ("CLUSTER_WAIT".to_owned(), "40".to_owned()),
+            ];
+            let (mut mqtt, mut http) = ([0u16; 3], [0u16; 3]);
+            for n in 0..3 {
+                for kind in ["CLIENT", "CLUSTER", "HTTP", "MQTT"] {
+                    let port = support::closed_port();
+                    match kind {
+                        "MQTT" => mqtt[n] = port,
+                        "HTTP" => http[n] = port,
+                        _ => {}
+                    }
+                    env.push((format!("NATS_NODE{}_{kind}_PORT", n + 1), port.to_string()));
+                }
+            }
+            let (ok, output) = cluster_script("up", &env, UP_TIMEOUT);
+            let cluster = NatsCluster { dir, mqtt, http };
+            if ok {
+                eprintln!("{output}");
+                return cluster;
+            }
+            failure = output;
+        }
+        panic!("scripts/cluster up failed three times; last output:\n{failure}");
+    }
+
+    fn port(&self, node: usize) -> u16 {
+        self.mqtt[node - 1]
+    }
+
+    /// `--broker 127.0.0.1:PORT` for each node number given, in that order: a client
+    /// that fails over.
+    fn brokers(&self, nodes: &[usize]) -> Vec<String> {
+        nodes
+            .iter()
+            .flat_map(|&n| {
+                [
+                    "--broker".to_owned(),
+                    format!("127.0.0.1:{}", self.mqtt[n - 1]),
+                ]
+            })
+            .collect()
+    }
+
+    fn pid(&self, node: usize) -> Option<i32> {
+        std::fs::read_to_string(self.dir.path().join(format!("node{node}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// SIGKILL: the node gets no chance to hand anything over.
+    fn kill(&self, node: usize) {
+        let pid = self.pid(node).expect("the node's pid file");
+        // SAFETY: kill(2) on a process this test started; no memory-safety preconditions.
+        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(rc, 0, "kill -9 node{node} (pid {pid})");
+    }
+
+    /// Where the consumers of the $MQTT_msgs stream (one per QoS 1 subscription) have
+    /// their leaders, from a surviving node's /jsz; for the failure message.
+    fn consumers(&self, via_node: usize) -> String {
+        let port = self.http[via_node - 1];
+        let body = http_get(port, "/jsz?consumers=true").unwrap_or_default();
+        let Ok(json) = serde_json::from_str::<Value>(&body) else {
+            return format!("(no /jsz from node{via_node})");
+        };
+        let mut out = String::new();
+        for account in json["account_details"].as_array().into_iter().flatten() {
+            for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                for c in stream["consumer_detail"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{} > {}: leader {}, pending {}, ack pending {}\n",
+                        stream["name"],
+                        c["name"],
+                        c["cluster"]["leader"],
+                        c["num_pending"],
+                        c["num_ack_pending"]
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn log(&self, node: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{node}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in 1..=3 {
+            if let Some(pid) = self.pid(node) {
+                // SAFETY: as in `kill`; a node that already died makes this a no-op
+                // (or, at worst, ESRCH).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Runs `scripts/cluster CMD` with `env`, bounded by `timeout`; returns whether it
+/// succeeded and its output.
+fn cluster_script(cmd: &str, env: &[(String, String)], timeout: Duration) -> (bool, String) {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let out_path = out_dir.path().join("out");
+    let out = std::fs::File::create(&out_path).expect("output file");
+    let mut child = Command::new(peers::workspace_root().join("scripts/cluster"))
+        .arg(cmd)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone"))
+        .stderr(out)
+        .spawn()
+        .expect("running scripts/cluster");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    match status {
+        Some(s) => (s.success(), text),
+        None => (false, format!("timed out after {timeout:?}\n{text}")),
+    }
+}
+
+/// GET over plain HTTP/1.0 on 127.0.0.1 (the nodes' monitoring port); the body.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    reply
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
+
+/// Starts our publisher with `args` (it runs alongside the test); its report goes to
+/// `report`.
+fn start_publisher(report: &Path, args: &[String]) -> Proc {
+    let mut all = vec![
+        "--count".to_owned(),
+        READINGS.to_string(),
+        "--qos".to_owned(),
+        "1".to_owned(),
+        "--progress-every".to_owned(),
+        "0".to_owned(),
+        "--report-json".to_owned(),
+        report.display().to_string(),
+    ];
+    all.extend_from_slice(args);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    Proc::spawn("mqtt-publisher", &all)
+}
+
+/// A persistent-session subscriber (named, so clean_session = false) expecting
+/// READINGS, connected to `port` (or to the first of `brokers`, which override it) and
+/// subscribed.
+fn start_subscriber(port: u16, brokers: &[String], client_id: &str) -> Subscriber {
+    let mut args = vec![
+        "--count".to_owned(),
+        READINGS.to_string(),
+        "--client-id".to_owned(),
+        client_id.to_owned(),
+        // Long enough for a new leader election (a few seconds) plus one ack_wait (10 s
+        // in config/nats/mqtt.conf) before an unacknowledged reading is sent again.
+        "--idle-timeout".to_owned(),
+        "60".to_owned(),
+        "--progress-every".to_owned(),
+        "1000".to_owned(),
+    ];
+    args.extend_from_slice(brokers);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Subscriber::start(port, &args)
+}
+
+/// Summary of a subscriber report for failure messages and the test log.
+fn verdict(sub: &Value) -> String {
+    format!(
+        "distinct {}, missing {}, duplicates {}, out of order {}, reconnects {}, {:.0} msg/s, \
+         missing ranges {}",
+        sub["distinct"],
+        sub["missing"],
+        sub["duplicates"],
+        sub["out_of_order"],
+        sub["reconnects"],
+        sub["msgs_per_s"].as_f64().unwrap_or(0.0),
+        sub["missing_ranges"]
+    )
+}
+
+/// nats-server, or `None` when the test is skipped; holds the one-at-a-time lock.
+fn nats() -> Option<(PathBuf, std::sync::MutexGuard<'static, ()>)> {
+    let server = peers::nats_server()?;
+    // A test that failed while holding it leaves it poisoned; the cluster it ran is gone.
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    Some((server, guard))
+}
+
+#[test]
+fn twenty_thousand_readings_cross_the_cluster_from_node_1_to_node_2() {
+    let Some((server, _one)) = nats() else { return };
+    let started = Instant::now();
+    let cluster = NatsCluster::up(&server);
+    // The subscriber connects first: its CONNECT makes the cluster create the MQTT
+    // streams, and its SUBACK comes once its consumer exists.
+    let sub = start_subscriber(cluster.port(2), &[], "cluster-sub-plain");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pub_report = dir.path().join("publisher.json");
+    let mut publisher = start_publisher(
+        &pub_report,
+        &["--port".to_owned(), cluster.port(1).to_string()],
+    );
+    let pub_status = publisher.wait(RUN_TIMEOUT);
+    let (sub_status, report) = sub.finish(RUN_TIMEOUT);
+    let published = read_json(&pub_report, &publisher);
+    eprintln!(
+        "plain run: {} in {:.1} s: {}",
+        READINGS,
+        started.elapsed().as_secs_f64(),
+        verdict(&report)
+    );
+    assert!(
+        pub_status.success() && num(&published, "acked") == READINGS,
+        "publisher ({pub_status}): {published}\n{}",
+        publisher.stderr()
+    );
+    assert!(
+        sub_status.success() && report["complete"] == true,
+        "subscriber ({sub_status}): {}\nconsumers: {}",
+        verdict(&report),
+        cluster.consumers(1)
+    );
+    assert_eq!(num(&report, "distinct"), READINGS);
+    assert_eq!(num(&report, "missing"), 0);
+}
+
+/// Kills `victim` once the subscriber has `after` readings, with the publisher on node 1
+/// and the subscriber on node 2, each able to fail over to the other nodes; asserts that
+/// every reading arrived (duplicates are legal at QoS 1 and are counted).
+fn kill_mid_run(victim: usize, client_id: &str) {
+    let Some((server, _one)) = nats() else { return };
+    let started = Instant::now();
+    let cluster = NatsCluster::up(&server);
+    let mut sub = start_subscriber(cluster.port(2), &cluster.brokers(&[2, 3, 1]), client_id);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pub_report = dir.path().join("publisher.json");
+    let mut publisher = start_publisher(&pub_report, &cluster.brokers(&[1, 3, 2]));
+
+    sub.proc
+        .wait_for_stderr("Messages received: 4000", Duration::from_secs(60));
+    cluster.kill(victim);
+    let killed_at = started.elapsed();
+
+    let pub_status = publisher.wait(RUN_TIMEOUT);
+    sub.proc.wait(RUN_TIMEOUT);
+    let sub_stderr = sub.proc.stderr();
+    let (sub_status, report) = sub.finish(Duration::from_secs(5));
+    let published = read_json(&pub_report, &publisher);
+    let survivor = if victim == 1 { 2 } else { 1 };
+    eprintln!(
+        "node{victim} killed at {:.1} s; run took {:.1} s: {}; publisher: acked {}, \
+         republished {}, reconnects {}",
+        killed_at.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        verdict(&report),
+        published["acked"],
+        published["republished"],
+        published["reconnects"]
+    );
+    let context = || {
+        format!(
+            "consumers (via node{survivor}):\n{}\nnode{survivor} log (end):\n{}",
+            cluster.consumers(survivor),
+            tail(&cluster.log(survivor), 30)
+        )
+    };
+    assert!(
+        pub_status.success() && num(&published, "acked") == READINGS,
+        "publisher ({pub_status}): {published}\n{}\n{}",
+        tail(&publisher.stderr(), 30),
+        context()
+    );
+    assert!(
+        sub_status.success() && report["complete"] == true,
+        "subscriber ({sub_status}): {}\n{}\n{}",
+        verdict(&report),
+        tail(&sub_stderr, 30),
+        context()
+    );
+    assert_eq!(num(&report, "missing"), 0);
+    let reconnected = if victim == 1 { &published } else { &report };
+    assert!(
+        num(reconnected, "reconnects") >= 1,
+        "the client on node{victim} never reconnected: {reconnected}"
+    );
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[test]
+fn the_subscribers_node_killed_mid_run_loses_nothing() {
+    kill_mid_run(2, "cluster-sub-kill2");
+}
+
+#[test]
+fn the_publishers_node_killed_mid_run_loses_nothing() {
+    kill_mid_run(1, "cluster-sub-kill1");
+}
