@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
             .exit();
     }
     logging::init("info");
+    raise_open_file_limit(args.devices);
     let report_path = args.report_json.clone();
     let result = mqtt_publisher::run(args, shutdown::on_signals()).await;
     let (report, error) = match &result {
@@ -31,4 +32,34 @@ async fn main() -> ExitCode {
             exit::OK
         }
     })
+}
+
+/// Each device is a socket of its own: lift the soft limit on open files to the hard one
+/// (1,024 by default on many systems), and say so if even that is too low.
+fn raise_open_file_limit(devices: u32) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            }
+        }
+    }
+    // Sockets plus stdio, the runtime's own descriptors and some slack.
+    let needed = u64::from(devices) + 64;
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            "the open-file limit is {} but {devices} devices need about {needed}; \
+             connections may fail (raise it with `ulimit -n`)",
+            limit.rlim_cur
+        );
+    }
 }
