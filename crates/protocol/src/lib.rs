@@ -6,6 +6,7 @@ pub mod connect;
 pub mod exit;
 pub mod failover;
 pub mod logging;
+pub mod merge;
 pub mod progress;
 pub mod reading;
 pub mod reconnect;

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::timing::LatencySummary;
-use crate::verify::Verdict;
+use crate::verify::{StreamSummary, Verdict};
 
 /// Version of the JSON documents below; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -81,6 +81,45 @@ pub struct VerifyReport {
     pub resumed: u64,
     /// Peak resident memory of the subscriber process, KiB.
     pub peak_rss_kib: Option<u64>,
+    /// The shared-subscription group this subscriber was a member of (`--share`): it saw
+    /// only its share of the stream, and `merge` gives the group's verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_group: Option<String>,
+}
+
+/// The verdict over the reports of several subscribers (`mqtt-subscriber merge`),
+/// computed from the union of what each received.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergeReport {
+    pub schema_version: u32,
+    /// Always `"merge"`.
+    pub kind: String,
+    pub topic: String,
+    /// The members' shared-subscription group, if they were in one.
+    pub share_group: Option<String>,
+    /// One entry per merged report, in the order given.
+    pub members: Vec<MemberSummary>,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// An example of why a payload failed, from the first member that had one.
+    pub last_decode_error: Option<String>,
+}
+
+/// What one member of a merge saw on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberSummary {
+    /// The report file, as named on the command line.
+    pub report: String,
+    pub client_id: String,
+    pub received: u64,
+    pub distinct: u64,
+    pub duplicates: u64,
+    pub corrupt: u64,
+    pub elapsed_s: f64,
+    pub msgs_per_s: f64,
+    pub reconnects: u64,
+    pub interrupted: bool,
+    pub idle_timeout: bool,
 }
 
 /// Messages per second, 0 for an empty interval.
@@ -167,51 +206,171 @@ impl fmt::Display for VerifyReport {
                 l.p50, l.p90, l.p99, l.p999, l.max
             )?;
         }
-        for s in v.streams.iter().take(5) {
-            let total = match s.total {
-                0 => " (total not announced)".to_string(),
-                n => format!(" of {n}"),
-            };
-            writeln!(
+        match &self.share_group {
+            // A member's streams are only its share: their gaps are the other members'.
+            Some(_) => writeln!(
                 f,
-                "Stream {} ({}): {} distinct{total}, {} missing, {} duplicates",
-                s.id, s.device_id, s.distinct, s.missing, s.duplicates
-            )?;
-        }
-        if v.streams.len() > 5 {
-            writeln!(f, "... and {} more streams", v.streams.len() - 5)?;
-        }
-        if !v.missing_ranges.is_empty() {
-            let ranges: Vec<String> = v
-                .missing_ranges
-                .iter()
-                .map(|[a, b]| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                })
-                .collect();
-            writeln!(f, "First missing: {}", ranges.join(", "))?;
+                "Streams: {} seen; their verdicts come from merging the members' reports",
+                v.streams.len()
+            )?,
+            None => write_streams(f, v)?,
         }
         if let Some(e) = &self.last_decode_error {
             writeln!(f, "Example of a bad payload: {e}")?;
         }
-        let verdict = if v.complete {
-            "COMPLETE: every expected reading arrived intact".to_string()
-        } else if v.corrupt > 0 {
-            format!("CORRUPT: {} corrupt readings arrived", v.corrupt)
-        } else {
-            format!("INCOMPLETE: {} readings missing", v.missing)
-        };
-        write!(f, "Verdict: {verdict}")?;
+        match &self.share_group {
+            Some(group) if !v.complete && v.corrupt == 0 => write!(
+                f,
+                "Verdict: SHARE MEMBER of group {group}: {} distinct readings of the {} \
+                 expected over the group; `mqtt-subscriber merge` on every member's \
+                 report gives the group's verdict",
+                v.distinct, v.expected
+            )?,
+            _ => write!(f, "Verdict: {}", verdict_line(v))?,
+        }
         if self.interrupted {
             write!(f, " (interrupted)")?;
         } else if self.idle_timeout {
             write!(f, " (stopped after the idle timeout)")?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for MergeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = &self.verdict;
+        let group = match &self.share_group {
+            Some(g) => format!(" of share group {g}"),
+            None => String::new(),
+        };
+        writeln!(
+            f,
+            "Merged {} reports{group} on {}:",
+            self.members.len(),
+            self.topic
+        )?;
+        for m in &self.members {
+            let how = if m.interrupted {
+                ", interrupted"
+            } else if m.idle_timeout {
+                ", stopped after the idle timeout"
+            } else {
+                ""
+            };
+            writeln!(
+                f,
+                "  {} ({}): {} received, {} distinct, {} duplicates, {} corrupt, {:.2} s{how}",
+                m.report, m.client_id, m.received, m.distinct, m.duplicates, m.corrupt, m.elapsed_s
+            )?;
+        }
+        writeln!(
+            f,
+            "Summary: {} received, {} distinct of {} expected, {} duplicates, {} missing, \
+             {} corrupt, {} foreign",
+            v.received, v.distinct, v.expected, v.duplicates, v.missing, v.corrupt, v.foreign
+        )?;
+        write_streams(f, v)?;
+        if let Some(e) = &self.last_decode_error {
+            writeln!(f, "Example of a bad payload: {e}")?;
+        }
+        write!(f, "Verdict: {}", verdict_line(v))
+    }
+}
+
+/// How many streams a summary names; the JSON report has them all.
+const STREAMS_LISTED: usize = 5;
+
+/// The per-stream part of a summary. A few streams are listed one by one; many are
+/// counted, and only the worst of those with readings missing are named.
+fn write_streams(f: &mut fmt::Formatter<'_>, v: &Verdict) -> fmt::Result {
+    let streams = &v.streams;
+    let in_streams: u64 = streams.iter().map(|s| s.missing).sum();
+    if v.missing > in_streams {
+        writeln!(
+            f,
+            "{} expected readings are in no stream that arrived (--count counts them; \
+             did a device never publish?)",
+            v.missing - in_streams
+        )?;
+    }
+    if streams.len() <= STREAMS_LISTED {
+        for s in streams {
+            write_stream(f, s, streams.len() > 1)?;
+        }
+        if streams.len() == 1 && !v.missing_ranges.is_empty() {
+            writeln!(f, "First missing: {}", ranges_text(&v.missing_ranges))?;
+        }
+        return Ok(());
+    }
+    let incomplete = streams.iter().filter(|s| !s.is_complete()).count();
+    let with_duplicates = streams.iter().filter(|s| s.duplicates > 0).count();
+    let state = match incomplete {
+        0 => "all complete".to_string(),
+        n => format!("{n} with readings missing (worst first below)"),
+    };
+    writeln!(
+        f,
+        "Streams: {}, {state}, {with_duplicates} with duplicates",
+        streams.len()
+    )?;
+    // Streams come worst first, so the incomplete ones lead.
+    for s in streams
+        .iter()
+        .take_while(|s| !s.is_complete())
+        .take(STREAMS_LISTED)
+    {
+        write_stream(f, s, true)?;
+    }
+    if incomplete > STREAMS_LISTED {
+        writeln!(
+            f,
+            "... and {} more streams with readings missing",
+            incomplete - STREAMS_LISTED
+        )?;
+    }
+    Ok(())
+}
+
+/// One stream's line; `with_ranges` names its first gaps (with several streams, the
+/// overall "First missing" list could not say whose they are).
+fn write_stream(f: &mut fmt::Formatter<'_>, s: &StreamSummary, with_ranges: bool) -> fmt::Result {
+    let total = match s.total {
+        0 => " (total not announced)".to_string(),
+        n => format!(" of {n}"),
+    };
+    write!(
+        f,
+        "Stream {} ({}): {} distinct{total}, {} missing, {} duplicates",
+        s.id, s.device_id, s.distinct, s.missing, s.duplicates
+    )?;
+    if with_ranges && !s.missing_ranges.is_empty() {
+        write!(f, " (first missing: {})", ranges_text(&s.missing_ranges))?;
+    }
+    writeln!(f)
+}
+
+fn ranges_text(ranges: &[[u64; 2]]) -> String {
+    let ranges: Vec<String> = ranges
+        .iter()
+        .map(|[a, b]| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    ranges.join(", ")
+}
+
+fn verdict_line(v: &Verdict) -> String {
+    if v.complete {
+        "COMPLETE: every expected reading arrived intact".to_string()
+    } else if v.corrupt > 0 {
+        format!("CORRUPT: {} corrupt readings arrived", v.corrupt)
+    } else {
+        format!("INCOMPLETE: {} readings missing", v.missing)
     }
 }
 
@@ -242,4 +401,113 @@ pub fn conclude<R: Serialize + fmt::Display>(
         (Some(report), None) => verdict(report),
         (None, None) => crate::exit::OK,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::Reading;
+    use crate::timing::Timing;
+    use crate::verify::Verifier;
+    use std::borrow::Cow;
+
+    /// A report of `streams` streams of 10 readings, with `gaps` of them missing one.
+    fn report(streams: u64, gaps: u64) -> VerifyReport {
+        let mut v = Verifier::new(streams * 10);
+        let mut buf = Vec::new();
+        for stream in 1..=streams {
+            for seq in (1..=10).filter(|s| stream > gaps || *s != 4) {
+                buf.clear();
+                Reading {
+                    stream_id: stream,
+                    device_id: Cow::Owned(format!("dev-{stream}")),
+                    seq,
+                    total: 10,
+                    sent_at_us: 1,
+                    temperature: 20.0,
+                    humidity: 50.0,
+                    padding: 0,
+                }
+                .encode_binary(&mut buf);
+                v.record_payload(&buf);
+            }
+        }
+        VerifyReport {
+            schema_version: SCHEMA_VERSION,
+            kind: "subscriber".into(),
+            client_id: "c".into(),
+            topic: "sensors/#".into(),
+            qos: 1,
+            verdict: v.verdict(),
+            latency_us: Timing::new().latency(),
+            per_second: vec![],
+            elapsed_s: 1.0,
+            msgs_per_s: 1.0,
+            interrupted: false,
+            idle_timeout: false,
+            last_decode_error: None,
+            reconnects: 0,
+            resumed: 0,
+            peak_rss_kib: None,
+            share_group: None,
+        }
+    }
+
+    #[test]
+    fn a_thousand_complete_streams_take_one_line() {
+        let text = report(1000, 0).to_string();
+        assert!(
+            text.contains("Streams: 1000, all complete, 0 with duplicates"),
+            "{text}"
+        );
+        assert!(text.lines().count() < 6, "{text}");
+    }
+
+    #[test]
+    fn many_streams_name_only_the_worst() {
+        let text = report(1000, 7).to_string();
+        assert!(
+            text.contains("Streams: 1000, 7 with readings missing"),
+            "{text}"
+        );
+        let named: Vec<&str> = text.lines().filter(|l| l.starts_with("Stream ")).collect();
+        assert_eq!(named.len(), 5, "{text}");
+        assert!(
+            named.iter().all(|l| l.ends_with("(first missing: 4)")),
+            "{text}"
+        );
+        assert!(
+            text.contains("... and 2 more streams with readings missing"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("First missing:"),
+            "ranges without their stream: {text}"
+        );
+    }
+
+    #[test]
+    fn a_few_streams_are_all_listed() {
+        let text = report(1, 1).to_string();
+        assert!(text.contains("First missing: 4"), "{text}");
+        let text = report(3, 0).to_string();
+        assert_eq!(text.lines().filter(|l| l.starts_with("Stream ")).count(), 3);
+    }
+
+    #[test]
+    fn a_share_member_points_to_merge_and_sets_stay_out_of_plain_reports() {
+        let mut member = report(1000, 1000);
+        member.share_group = Some("fleet".into());
+        let text = member.to_string();
+        assert!(
+            text.contains("Verdict: SHARE MEMBER of group fleet"),
+            "{text}"
+        );
+        assert!(!text.contains("Stream "), "{text}");
+        let json = serde_json::to_string(&report(2, 0)).unwrap();
+        assert!(
+            !json.contains("\"set\"") && !json.contains("share_group"),
+            "{json}"
+        );
+    }
 }

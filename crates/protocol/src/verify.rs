@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use roaring::RoaringTreemap;
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +122,41 @@ pub struct StreamSummary {
     pub out_of_order: u64,
     /// The first missing runs of this stream as `[first, last]` pairs.
     pub missing_ranges: Vec<[u64; 2]>,
+    /// The sequence numbers that arrived, as [`encode_set`] writes them; only in reports
+    /// asked for with sets (`--report-sets`), so that `merge` can take their union.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<String>,
+}
+
+impl StreamSummary {
+    /// True when every reading the stream is known to hold arrived.
+    pub fn is_complete(&self) -> bool {
+        self.missing == 0
+    }
+}
+
+/// A set of sequence numbers as text: base64 (standard alphabet, padded) of roaring's
+/// portable serialization of a 64-bit treemap, readable by any roaring implementation.
+pub fn encode_set(set: &RoaringTreemap) -> String {
+    let mut bytes = Vec::with_capacity(set.serialized_size());
+    set.serialize_into(&mut bytes)
+        .expect("writing to a Vec cannot fail");
+    BASE64.encode(bytes)
+}
+
+/// Why a set written by [`encode_set`] could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    #[error("not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("not a serialized roaring bitmap: {0}")]
+    Roaring(#[from] std::io::Error),
+}
+
+/// Reads a set written by [`encode_set`].
+pub fn decode_set(text: &str) -> Result<RoaringTreemap, SetError> {
+    let bytes = BASE64.decode(text)?;
+    Ok(RoaringTreemap::deserialize_from(bytes.as_slice())?)
 }
 
 /// Totals over every stream, plus what could not be attributed to one.
@@ -279,8 +316,54 @@ impl Verifier {
         }
     }
 
+    /// Adds one stream as another verifier recorded it (a member of a shared
+    /// subscription; see `merge`): its set joins this one's, and readings both had count
+    /// as duplicates, as if one verifier had seen every arrival.
+    pub(crate) fn absorb_stream(
+        &mut self,
+        stream_id: u64,
+        device_id: &str,
+        total: u64,
+        seen: &RoaringTreemap,
+        duplicates: u64,
+        out_of_order: u64,
+    ) {
+        let stream = self
+            .streams
+            .entry(stream_id)
+            .or_insert_with(|| StreamState {
+                device_id: device_id.to_owned(),
+                ..StreamState::default()
+            });
+        let both = stream.seen.intersection_len(seen);
+        stream.seen |= seen;
+        stream.total = stream.total.max(total);
+        stream.duplicates += duplicates + both;
+        stream.out_of_order += out_of_order;
+        stream.highest_seq = stream.highest_seq.max(seen.max().unwrap_or(0));
+        self.distinct += seen.len() - both;
+    }
+
+    /// Adds another verifier's count of arrivals and of those that were no reading of a
+    /// stream (see [`Self::absorb_stream`]).
+    pub(crate) fn absorb_counts(&mut self, received: u64, corrupt: u64, foreign: u64) {
+        self.received += received;
+        self.corrupt += corrupt;
+        self.foreign += foreign;
+    }
+
     /// Summarises everything recorded so far.
     pub fn verdict(&self) -> Verdict {
+        self.summarise(false)
+    }
+
+    /// [`Self::verdict`] with every stream's set of arrived sequence numbers, for a
+    /// report that `merge` can combine with others.
+    pub fn verdict_with_sets(&self) -> Verdict {
+        self.summarise(true)
+    }
+
+    fn summarise(&self, with_sets: bool) -> Verdict {
         let assumed = self.assumed_total();
         let mut streams: Vec<StreamSummary> = self
             .streams
@@ -294,6 +377,7 @@ impl Verifier {
                 missing: s.missing(assumed),
                 out_of_order: s.out_of_order,
                 missing_ranges: s.missing_ranges(assumed, MISSING_RANGES_LISTED),
+                set: with_sets.then(|| encode_set(&s.seen)),
             })
             .collect();
         // Worst stream first, then by id so the order is stable.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use mqtt_protocol::connect::BrokerArgs;
 use mqtt_protocol::reconnect::ReconnectArgs;
 use mqtt_protocol::{exit, topic};
@@ -17,9 +17,21 @@ use mqtt_protocol::{exit, topic};
 /// Naming the client (--client-id) or keeping state (--state) makes the session
 /// persistent, so the broker keeps what arrives while the subscriber is away; a lost
 /// connection is retried for --reconnect-for seconds.
+///
+/// To split one stream between K subscribers, start each with `--share GROUP
+/// --report-sets --report-json member-i.json`, then `mqtt-subscriber merge
+/// member-*.json` for the verdict over all of them.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "mqtt-subscriber", version, after_help = exit::HELP)]
+#[command(
+    name = "mqtt-subscriber",
+    version,
+    after_help = exit::HELP,
+    args_conflicts_with_subcommands = true
+)]
 pub struct SubscriberArgs {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub broker: BrokerArgs,
 
@@ -66,6 +78,80 @@ pub struct SubscriberArgs {
     /// Simulate processing: spend at least this many microseconds on each message.
     #[arg(long, value_name = "MICROS", default_value_t = 0)]
     pub process_delay_us: u64,
+
+    /// Join the shared subscription `$share/GROUP/<FILTER>`: the broker hands each
+    /// reading to one member of GROUP, so K subscribers split the stream. A member
+    /// cannot judge completeness alone: it reports what it saw, stops after
+    /// --idle-timeout (or once it alone has --count, the total over the group), and
+    /// exits 0 unless something was corrupt, it was interrupted or failed; `merge` gives
+    /// the verdict. Always a clean session, even with --client-id; not with --state.
+    #[arg(long, value_name = "GROUP", value_parser = share_group)]
+    pub share: Option<String>,
+
+    /// Put each stream's set of received sequence numbers into the JSON report (base64
+    /// of a roaring bitmap), so that `merge` can combine this report with others.
+    #[arg(long, requires = "report_json")]
+    pub report_sets: bool,
+}
+
+/// Subcommands; without one, the subscriber subscribes and verifies.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Combine the reports of subscribers that split one stream (`--share`, each run
+    /// with --report-sets) into one verdict: what their union received, which readings
+    /// more than one member got (duplicates), and what none of them got (missing).
+    /// Exits like a subscriber: 0 complete, 3 missing, 4 corrupt; 1 if a report cannot
+    /// be read or used, 2 for a bad command line.
+    Merge(MergeArgs),
+}
+
+/// `mqtt-subscriber merge`.
+#[derive(Debug, Clone, Args)]
+pub struct MergeArgs {
+    /// The members' JSON reports (written with --report-json and --report-sets).
+    #[arg(value_name = "REPORT.json", required = true)]
+    pub reports: Vec<PathBuf>,
+
+    /// Readings expected over all members together (default: the members' own
+    /// --count, which must then agree).
+    #[arg(long, short = 'n', value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Write the merged report as JSON to PATH (`-` for stdout).
+    #[arg(long, value_name = "PATH")]
+    pub report_json: Option<PathBuf>,
+}
+
+impl SubscriberArgs {
+    /// Checks what clap cannot check flag by flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.share.is_some() && self.state.is_some() {
+            return Err(
+                "--share cannot be used with --state: a journal needs a persistent \
+                        session, and a shared subscription needs a clean one (rumqttd loses \
+                        its routing when a persistent member of a group leaves)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The filter to subscribe with: `--topic`, or `$share/GROUP/<topic>` with `--share`.
+    pub fn subscription(&self) -> String {
+        match &self.share {
+            Some(group) => format!("$share/{group}/{}", self.topic),
+            None => self.topic.clone(),
+        }
+    }
+}
+
+/// A share group name: one non-empty topic level without wildcards.
+fn share_group(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(['/', '+', '#', '\0']) {
+        Err("must be one topic level: not empty, without '/', '+' or '#'".into())
+    } else {
+        Ok(s.to_owned())
+    }
 }
 
 fn positive_seconds(s: &str) -> Result<f64, String> {
@@ -74,5 +160,66 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{s:?} is not a number of seconds between 0 and 86400"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<SubscriberArgs, clap::Error> {
+        SubscriberArgs::try_parse_from(
+            std::iter::once("mqtt-subscriber").chain(args.iter().copied()),
+        )
+    }
+
+    #[test]
+    fn the_flat_flags_still_run_the_subscriber() {
+        let args = parse(&["--count", "5", "--topic", "a/#"]).unwrap();
+        assert!(args.command.is_none());
+        assert_eq!((args.count, args.subscription().as_str()), (5, "a/#"));
+        assert!(args.validate().is_ok());
+    }
+
+    #[test]
+    fn a_share_member_subscribes_through_its_group() {
+        let args = parse(&["--share", "fleet", "--report-sets", "--report-json", "-"]).unwrap();
+        assert_eq!(args.subscription(), "$share/fleet/sensors/#");
+        for bad in ["", "a/b", "a+", "#"] {
+            assert!(parse(&["--share", bad]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn share_with_state_is_refused_with_the_reason() {
+        let args = parse(&["--share", "g", "--state", "s.journal"]).unwrap();
+        let message = args.validate().unwrap_err();
+        assert!(
+            message.contains("--share cannot be used with --state"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn report_sets_needs_a_report() {
+        let err = parse(&["--report-sets"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn merge_is_a_subcommand_of_its_own() {
+        let args = parse(&["merge", "a.json", "b.json", "--count", "10"]).unwrap();
+        let Some(Command::Merge(merge)) = args.command else {
+            panic!("no merge subcommand");
+        };
+        assert_eq!(merge.reports.len(), 2);
+        assert_eq!(merge.count, Some(10));
+        assert_eq!(
+            parse(&["merge"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        // Subscriber flags do not mix with the subcommand.
+        assert!(parse(&["--count", "5", "merge", "a.json"]).is_err());
     }
 }

@@ -9,6 +9,7 @@
 mod acks;
 pub mod cli;
 pub mod journal;
+pub mod merge;
 
 use std::time::{Duration, Instant};
 
@@ -95,8 +96,16 @@ pub async fn run(
     };
     let resumed = verifier.received();
     // A named or stateful subscriber keeps its session, so nothing published while it
-    // is away is lost; an anonymous one has a random id no one could resume.
-    let persistent = args.broker.client_id.is_some() || args.state.is_some();
+    // is away is lost; an anonymous one has a random id no one could resume. A member of
+    // a shared subscription never does: rumqttd 0.20's router panics when the last
+    // member of a group leaves with a persistent session and messages unacknowledged.
+    let persistent =
+        args.share.is_none() && (args.broker.client_id.is_some() || args.state.is_some());
+    let subscription = args.subscription();
+    let waiting_for = match args.share {
+        Some(_) => " over the group (or the idle timeout)",
+        None => "",
+    };
     let mut options = args.broker.mqtt_options(client_id.clone());
     options
         .set_clean_session(!persistent)
@@ -110,7 +119,7 @@ pub async fn run(
     let mut suback_deadline = Some(Instant::now() + suback_timeout);
     let mut announced = false;
     client
-        .try_subscribe(args.topic.as_str(), qos(args.qos))
+        .try_subscribe(subscription.as_str(), qos(args.qos))
         .map_err(|_| SubscribeError::SubscribeLost(ConnectionError::RequestsDone))?;
 
     let mut timing = Timing::new();
@@ -159,7 +168,7 @@ pub async fn run(
                 }
                 Ok(Event::Incoming(Incoming::SubAck(ack))) => {
                     if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-                        failure = Some(SubscribeError::Refused(args.topic.clone()).to_string());
+                        failure = Some(SubscribeError::Refused(subscription.clone()).to_string());
                         break;
                     }
                     suback_deadline = None;
@@ -169,10 +178,11 @@ pub async fn run(
                             broker = %args.broker.address(),
                             client_id = %client_id,
                             persistent,
-                            "subscribed to {} at QoS {}; waiting for {} readings",
-                            args.topic,
+                            "subscribed to {} at QoS {}; waiting for {} readings{}",
+                            subscription,
                             args.qos,
-                            args.count
+                            args.count,
+                            waiting_for
                         );
                     }
                 }
@@ -189,7 +199,7 @@ pub async fn run(
                             if !ack.session_present {
                                 // The broker forgot us (restart, or a clean session):
                                 // subscribe again; the SUBACK is checked above.
-                                let _ = client.try_subscribe(args.topic.as_str(), qos(args.qos));
+                                let _ = client.try_subscribe(subscription.as_str(), qos(args.qos));
                                 suback_deadline = Some(Instant::now() + suback_timeout);
                             }
                         }
@@ -220,7 +230,11 @@ pub async fn run(
         (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
         _ => 0.0,
     };
-    let verdict = verifier.verdict();
+    let verdict = if args.report_sets {
+        verifier.verdict_with_sets()
+    } else {
+        verifier.verdict()
+    };
     let report = VerifyReport {
         schema_version: SCHEMA_VERSION,
         kind: "subscriber".into(),
@@ -238,6 +252,7 @@ pub async fn run(
         reconnects,
         resumed,
         peak_rss_kib: peak_rss_kib(),
+        share_group: args.share.clone(),
     };
     if let Some(reason) = failure {
         return Err(SubscribeError::Stopped {

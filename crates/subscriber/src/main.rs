@@ -1,15 +1,25 @@
-//! `mqtt-subscriber`: parse the command line, verify what arrives, print the verdict,
-//! exit with a code that says how it went.
+//! `mqtt-subscriber`: parse the command line, verify what arrives (or merge the reports
+//! of several subscribers), print the verdict, exit with a code that says how it went.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use mqtt_protocol::verify::Verdict;
 use mqtt_protocol::{exit, logging, report, shutdown};
+use mqtt_subscriber::cli::{Command, MergeArgs};
 use mqtt_subscriber::SubscriberArgs;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = SubscriberArgs::parse();
+    if let Some(Command::Merge(merge)) = &args.command {
+        return merge_reports(merge);
+    }
+    if let Err(message) = args.validate() {
+        SubscriberArgs::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     logging::init("info");
     let report_path = args.report_json.clone();
     let result = mqtt_subscriber::run(args, shutdown::on_signals()).await;
@@ -20,12 +30,32 @@ async fn main() -> ExitCode {
     report::conclude(report, error, report_path.as_deref(), |r| {
         if r.interrupted {
             exit::INTERRUPTED
-        } else if r.verdict.corrupt > 0 {
-            exit::CORRUPT
-        } else if !r.verdict.complete {
-            exit::MISSING
-        } else {
+        } else if r.share_group.is_some() && r.verdict.corrupt == 0 {
+            // A member sees only its share; `merge` judges completeness.
             exit::OK
+        } else {
+            verdict_code(&r.verdict)
         }
     })
+}
+
+fn merge_reports(args: &MergeArgs) -> ExitCode {
+    let result = mqtt_subscriber::merge::run(args);
+    let error = result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+    report::conclude(
+        result.as_ref().ok(),
+        error,
+        args.report_json.as_deref(),
+        |r| verdict_code(&r.verdict),
+    )
+}
+
+fn verdict_code(v: &Verdict) -> u8 {
+    if v.corrupt > 0 {
+        exit::CORRUPT
+    } else if !v.complete {
+        exit::MISSING
+    } else {
+        exit::OK
+    }
 }
