@@ -303,3 +303,33 @@ pub fn num(v: &Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("report has no number {key:?}: {v}"))
 }
+
+/// Runs a binary that ends by itself at once (a usage error, `mqtt-subscriber merge`) and
+/// returns its status, stdout and stderr.
+pub fn run_quick(name: &str, args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(bin(name))
+        .args(args)
+        .env_remove("MQTT_HOST")
+        .env_remove("MQTT_PORT")
+        .env_remove("MQTT_BROKERS")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"));
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status, text(out.stdout), text(out.stderr))
+}
+
+/// Writes `report` to `dir/name` (e.g. a subscriber's report, for `merge`).
+pub fn write_report(dir: &Path, name: &str, report: &Value) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, serde_json::to_vec_pretty(report).expect("JSON")).expect("write report");
+    path
+}
+
+impl Proc {
+    /// The exit status if the process has ended, without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+}
