@@ -74,7 +74,7 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
         println!("{source}: ok, would listen on {}", addresses.join(" and "));
         return Ok(());
     }
-    raise_open_file_limit();
+    raise_open_file_limit(config.connections.max_connections);
     tracing::info!(config = %source, "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -91,8 +91,10 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every client costs the front two sockets; lift the soft limit on open files to the hard one.
-fn raise_open_file_limit() {
+/// Every client costs three sockets (the front's two and rumqttd's end of the internal link);
+/// lift the soft limit on open files to the hard one, and say so if that cannot hold
+/// `max_connections` clients.
+fn raise_open_file_limit(max_connections: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -102,8 +104,19 @@ fn raise_open_file_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
         {
             limit.rlim_cur = limit.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            }
         }
+    }
+    // Listeners, logs, rumqttd's own descriptors and some slack.
+    let clients = limit.rlim_cur.saturating_sub(64) / 3;
+    if clients < max_connections as u64 {
+        tracing::warn!(
+            "the open-file limit ({}) holds about {clients} clients, fewer than \
+             [connections] max_connections ({max_connections}); raise it with `ulimit -n`",
+            limit.rlim_cur
+        );
     }
 }
 
