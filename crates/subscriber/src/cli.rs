@@ -97,9 +97,12 @@ pub struct SubscriberArgs {
 /// Subcommands; without one, the subscriber subscribes and verifies.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Combine the reports of subscribers that split one stream (`--share`, each run
+    /// Merge the reports of --share members into one verdict.
+    ///
+    /// Combines the reports of subscribers that split one stream (`--share`, each run
     /// with --report-sets) into one verdict: what their union received, which readings
     /// more than one member got (duplicates), and what none of them got (missing).
+    ///
     /// Exits like a subscriber: 0 complete, 3 missing, 4 corrupt; 1 if a report cannot
     /// be read or used, 2 for a bad command line.
     Merge(MergeArgs),
