@@ -1,8 +1,9 @@
 //! `mqtt-bench`: runs the same publisher/subscriber workload through our broker,
-//! Mosquitto and the original Python demo, each row several times, and writes the
+//! Mosquitto, a 3-node NATS cluster and the original Python demo, each row several times, and writes the
 //! medians as a table, JSON and an SVG picture. `scripts/bench` builds and runs it.
 
 mod chart;
+mod nats;
 mod process;
 mod runner;
 mod scenario;
@@ -19,8 +20,8 @@ use runner::Peers;
 use scenario::Plan;
 use summary::Row;
 
-/// Benchmark harness: the same QoS 1 workload through our broker, Mosquitto and the
-/// original Python demo, measured per process (CPU seconds and peak RSS from wait4).
+/// Benchmark harness: the same QoS 1 workload through our broker, Mosquitto, a 3-node
+/// NATS Server cluster (config/nats) and the original Python demo, measured per process (CPU seconds and peak RSS from wait4).
 ///
 /// Exits 0 when every row that ran verified complete in every run, 1 otherwise.
 #[derive(Debug, Parser)]
@@ -56,6 +57,11 @@ struct BenchArgs {
     /// The Mosquitto broker [default: found on PATH or in /usr/sbin].
     #[arg(long, value_name = "PATH", env = "MQTT_BENCH_MOSQUITTO")]
     mosquitto: Option<PathBuf>,
+
+    /// NATS Server, for the 3-node cluster row [default: found on PATH or in /usr/sbin].
+    /// Its configuration is config/nats, or the directory in $CLUSTER_CONFIG.
+    #[arg(long, value_name = "PATH", env = "MQTT_BENCH_NATS_SERVER")]
+    nats_server: Option<PathBuf>,
 
     /// A Python that can import paho.mqtt [default: target/venv/bin/python].
     #[arg(long, value_name = "PATH", env = "MQTT_PAHO_PYTHON")]
@@ -115,6 +121,11 @@ fn peers(args: &BenchArgs) -> Peers {
         mosquitto: args.mosquitto.clone().or_else(|| find_program("mosquitto")),
         python: python_with_paho(python),
         seed_dir: seed.join("seed_pub.py").is_file().then_some(seed),
+        nats_server: args
+            .nats_server
+            .clone()
+            .or_else(|| find_program("nats-server")),
+        nats_config: nats::config_dir(&workspace_root()),
     }
 }
 

@@ -32,10 +32,22 @@ pub struct Proc {
 impl Proc {
     /// Starts `program` with `args`; `dir` holds its captured stdout and stderr.
     pub fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> Result<Proc> {
+        Self::spawn_with_env(name, program, args, &[], dir)
+    }
+
+    /// As [`Proc::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        dir: &Path,
+    ) -> Result<Proc> {
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env_remove("RUST_LOG")

@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::process::{free_port, tail, Proc};
+use crate::nats::NatsCluster;
+use crate::process::{free_port, tail, Proc, Usage};
 use crate::scenario::{BrokerKind, Clients, Scenario};
 
 /// The third-party programs a run may need.
@@ -18,6 +19,9 @@ pub struct Peers {
     pub mosquitto: Option<PathBuf>,
     pub python: Option<PathBuf>,
     pub seed_dir: Option<PathBuf>,
+    pub nats_server: Option<PathBuf>,
+    /// The cluster's configuration (config/nats unless $CLUSTER_CONFIG says otherwise).
+    pub nats_config: PathBuf,
 }
 
 /// Latency percentiles from our subscriber's report, µs.
@@ -58,6 +62,9 @@ impl Scenario {
         if self.broker == BrokerKind::Mosquitto && peers.mosquitto.is_none() {
             return Some("mosquitto not found (apt-get install mosquitto)");
         }
+        if self.broker == BrokerKind::NatsCluster && peers.nats_server.is_none() {
+            return Some("nats-server not found (apt-get install nats-server)");
+        }
         if self.clients == Clients::Seed {
             if peers.python.is_none() {
                 return Some("Python with paho-mqtt not found (scripts/python-env.sh)");
@@ -71,47 +78,77 @@ impl Scenario {
 
     /// Runs the row once in the scratch directory `dir`.
     pub fn run_once(&self, peers: &Peers, dir: &Path) -> Result<Measurement> {
+        let timeout = Duration::from_secs(120 + self.messages / 2_000);
+        if self.broker == BrokerKind::NatsCluster {
+            let Some(server) = &peers.nats_server else {
+                bail!("nats-server not found");
+            };
+            let Clients::Ours { publisher_args } = &self.clients else {
+                bail!("the NATS cluster row runs our clients");
+            };
+            let mut cluster = NatsCluster::start(server, &peers.nats_config, dir)?;
+            let [node1, node2, _] = cluster.mqtt;
+            let result = self.run_ours(publisher_args, node1, node2, dir, timeout);
+            return with_broker_usage(result, cluster.terminate());
+        }
         let (mut broker, port) = match self.broker {
             BrokerKind::Ours => start_our_broker(&self.bin_dir, dir)?,
             BrokerKind::Mosquitto => start_mosquitto(peers, dir)?,
+            BrokerKind::NatsCluster => unreachable!("handled above"),
         };
-        let timeout = Duration::from_secs(120 + self.messages / 2_000);
         let result = match &self.clients {
-            Clients::Ours { publisher_args } => self.run_ours(publisher_args, port, dir, timeout),
+            Clients::Ours { publisher_args } => {
+                self.run_ours(publisher_args, port, port, dir, timeout)
+            }
             Clients::Seed => self.run_seed(peers, &mut broker, port, dir, timeout),
         };
         let broker_usage = broker.terminate();
-        let mut m = result?;
-        m.broker_cpu_s = broker_usage.cpu_s;
-        m.broker_rss_kib = broker_usage.peak_rss_kib;
-        Ok(m)
+        with_broker_usage(result, broker_usage)
     }
+}
 
+/// A run's measurement with what the broker (all its processes) cost.
+fn with_broker_usage(result: Result<Measurement>, broker: Usage) -> Result<Measurement> {
+    let mut m = result?;
+    m.broker_cpu_s = broker.cpu_s;
+    m.broker_rss_kib = broker.peak_rss_kib;
+    Ok(m)
+}
+
+impl Scenario {
+    /// Our subscriber on `sub_port`, then our publisher on `pub_port` (the same broker
+    /// but for the cluster row).
     fn run_ours(
         &self,
         publisher_args: &[String],
-        port: u16,
+        pub_port: u16,
+        sub_port: u16,
         dir: &Path,
         timeout: Duration,
     ) -> Result<Measurement> {
-        let port = port.to_string();
         let sub_report = dir.join("subscriber.json");
         let pub_report = dir.join("publisher.json");
+        let mut sub_args = strings(&[
+            "--port",
+            &sub_port.to_string(),
+            "--count",
+            &self.messages.to_string(),
+            "--progress-every",
+            "0",
+            "--idle-timeout",
+            "15",
+            "--report-json",
+            path_str(&sub_report)?,
+        ]);
+        if self.broker == BrokerKind::NatsCluster {
+            // A named client: a persistent session, whose subscription lives in the
+            // cluster (a replicated JetStream consumer) and survives a node.
+            sub_args.extend(strings(&["--client-id", "bench-subscriber"]));
+        }
         let mut sub = Proc::spawn(
             "subscriber",
             &self.bin_dir.join("mqtt-subscriber"),
-            &strings(&[
-                "--port",
-                &port,
-                "--count",
-                &self.messages.to_string(),
-                "--progress-every",
-                "0",
-                "--idle-timeout",
-                "15",
-                "--report-json",
-                path_str(&sub_report)?,
-            ]),
+            &sub_args,
             dir,
         )?;
         sub.wait_until("subscription", Duration::from_secs(20), |_, err| {
@@ -119,7 +156,7 @@ impl Scenario {
         })?;
         let mut args = strings(&[
             "--port",
-            &port,
+            &pub_port.to_string(),
             "--progress-every",
             "0",
             "--report-json",

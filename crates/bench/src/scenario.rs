@@ -12,6 +12,10 @@ pub enum BrokerKind {
     Ours,
     /// Mosquitto from the system, with a temporary configuration of ours.
     Mosquitto,
+    /// Three NATS Server nodes from config/nats; publisher on node 1, subscriber (with a
+    /// persistent session) on node 2.
+    #[serde(rename = "nats-cluster")]
+    NatsCluster,
 }
 
 /// The clients a row runs.
@@ -96,6 +100,16 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
         BrokerKind::Mosquitto,
         ours(&["--payload-size", "100"], count(n)),
         n,
+    ));
+    // NATS stores every QoS 1 message in a 3-way replicated stream: a few thousand
+    // msg/s, so fewer messages (the N column says how many).
+    let nats_n = if plan.quick { 10_000 } else { 20_000 }.min(n);
+    rows.push(row(
+        "pipeline",
+        "NATS 3-node cluster + our clients (pub node 1, sub node 2)".into(),
+        BrokerKind::NatsCluster,
+        ours(&["--payload-size", "100"], count(nats_n)),
+        nats_n,
     ));
     let seed_n = if plan.quick { 2_000 } else { 50_000 }.min(n);
     rows.push(row(
