@@ -75,7 +75,7 @@ fn a_subscriber_killed_mid_run_resumes_from_its_state_with_nothing_missing() {
 fn connections_cut_dozens_of_times_lose_nothing() {
     const N: u64 = 100_000;
     let broker = Broker::start();
-    let proxy = ChaosProxy::start(broker.port, 150, 400);
+    let proxy = ChaosProxy::start(broker.port, 30, 150);
     let count = N.to_string();
     // Both clients go through the proxy. The named subscriber keeps its session across
     // the cuts; the anonymous publisher gets a clean session each time, so its ledger

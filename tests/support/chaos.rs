@@ -90,6 +90,9 @@ impl Drop for ChaosProxy {
 
 /// Copies bytes both ways on two threads; both sockets are remembered so they can be cut.
 fn pipe(client: TcpStream, server: TcpStream, live: &Mutex<Vec<TcpStream>>) {
+    // Forward each write at once, as a network hop would (Nagle would hold it back).
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
     let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
         return;
     };

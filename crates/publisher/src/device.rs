@@ -189,28 +189,17 @@ pub async fn run(
                 }
             }
             event = eventloop.poll() => match event {
-                Ok(Event::Outgoing(Outgoing::Publish(_))) if resends_due > 0 => {
-                    // Resends go out first after a reconnect (rumqttc's pending queue).
-                    resends_due -= 1;
-                    outcome.republished += 1;
-                    activity += 1;
+                Ok(event) => {
+                    if tally(&mut outcome, &mut resends_due, &event, args.qos, &shared) {
+                        activity += 1;
+                    }
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(_))) => {
-                    outcome.published += 1;
-                    activity += 1;
-                    let total = shared.published.fetch_add(1, Ordering::Relaxed) + 1;
-                    shared.progress.update(total);
-                }
-                Ok(Event::Incoming(Incoming::PubAck(_))) if args.qos == 1 => {
-                    outcome.acked += 1;
-                    activity += 1;
-                }
-                Ok(Event::Incoming(Incoming::PubComp(_))) if args.qos == 2 => {
-                    outcome.acked += 1;
-                    activity += 1;
-                }
-                Ok(_) => {}
                 Err(e) => {
+                    // Events of the lost connection still queued (a publish whose write
+                    // failed, acks read in the last batch) count under its rules.
+                    for event in std::mem::take(&mut eventloop.state.events) {
+                        tally(&mut outcome, &mut resends_due, &event, args.qos, &shared);
+                    }
                     if args.reconnect.reconnect_for == 0 {
                         outcome.lost = Some(e.to_string());
                         break;
@@ -263,28 +252,88 @@ pub async fn run(
     outcome
 }
 
+/// Counts one event of the connection; returns whether it shows progress. After a
+/// reconnect the first `resends_due` outgoing publishes are resends (see [`resume`]).
+fn tally(
+    outcome: &mut Outcome,
+    resends_due: &mut u64,
+    event: &Event,
+    qos: u8,
+    shared: &Shared,
+) -> bool {
+    match event {
+        Event::Outgoing(Outgoing::Publish(_)) if *resends_due > 0 => {
+            *resends_due -= 1;
+            outcome.republished += 1;
+        }
+        Event::Outgoing(Outgoing::Publish(_)) => {
+            outcome.published += 1;
+            let total = shared.published.fetch_add(1, Ordering::Relaxed) + 1;
+            shared.progress.update(total);
+        }
+        Event::Incoming(Incoming::PubAck(_)) if qos == 1 => outcome.acked += 1,
+        Event::Incoming(Incoming::PubComp(_)) if qos == 2 => outcome.acked += 1,
+        _ => return false,
+    }
+    true
+}
+
 /// The publisher's ledger across a lost connection: rumqttc keeps what the broker has
 /// not acknowledged in its pending queue, but clears that queue when the broker answers
 /// the reconnect without a session (always, after a broker restart). We keep a copy and
 /// put it back, so no reading is ever dropped by the client; the subscriber can then
-/// blame only the broker for what the broker lost. Returns how many of the queued
-/// publishes had been sent before (and so go out again).
+/// blame only the broker for what the broker lost.
+///
+/// The queue goes back with every publish that went out before (it has a packet id)
+/// ahead of those never sent: after a second loss in a row rumqttc's queue interleaves
+/// the two, and the driver counts the first `resends` outgoing publishes as resends.
+/// Returns that number.
 async fn resume(
     eventloop: &mut EventLoop,
     lost: ConnectionError,
     args: &PublisherArgs,
     shutdown: &CancellationToken,
 ) -> Result<u64, ReconnectError> {
-    let ledger: VecDeque<Request> = eventloop.pending.clone();
-    let resends = ledger
-        .iter()
-        .filter(|r| matches!(r, Request::Publish(p) if p.pkid != 0))
-        .count() as u64;
+    let (mut ledger, fresh): (VecDeque<Request>, VecDeque<Request>) =
+        std::mem::take(&mut eventloop.pending)
+            .into_iter()
+            .partition(|r| matches!(r, Request::Publish(p) if p.pkid != 0));
+    let resends = ledger.len() as u64;
+    ledger.extend(fresh);
+    eventloop.pending = ledger.clone();
     let ack = reconnect(eventloop, lost, &args.broker, &args.reconnect, shutdown).await?;
     if !ack.session_present {
         eventloop.pending = ledger;
     }
+    send_pending(eventloop).await;
     Ok(resends)
+}
+
+/// Writes rumqttc's whole pending queue to the new connection at once, through the same
+/// state machine its event loop uses (packet ids, in-flight table, `Outgoing` events).
+/// rumqttc itself sends that queue one request per timer tick: its `pending_throttle`
+/// sleep rounds even zero up to a millisecond, so a full window of 1,000 resends took a
+/// second, and under frequent cuts the publisher never got past its resends (about
+/// 1,000 readings/s). A write that fails leaves the rest queued; the next poll sees the
+/// broken connection and rumqttc takes back what was written, as usual.
+async fn send_pending(eventloop: &mut EventLoop) {
+    let Some(network) = eventloop.network.as_mut() else {
+        return;
+    };
+    while let Some(request) = eventloop.pending.pop_front() {
+        let written = match eventloop.state.handle_outgoing_packet(request) {
+            Ok(Some(packet)) => network.write(packet).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::debug!("resending the pending queue failed: {e}");
+            return;
+        }
+    }
+    if let Err(e) = network.flush().await {
+        tracing::debug!("resending the pending queue failed: {e}");
+    }
 }
 
 /// Encodes and hands over readings until the plan is done or told to stop.
