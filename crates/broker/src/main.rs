@@ -74,7 +74,7 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
         println!("{source}: ok, would listen on {}", addresses.join(" and "));
         return Ok(());
     }
-    raise_open_file_limit(config.connections.max_connections);
+    config.connections.max_connections = fit_open_file_limit(config.connections.max_connections);
     tracing::info!(config = %source, "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -91,10 +91,11 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every client costs three sockets (the front's two and rumqttd's end of the internal link);
-/// lift the soft limit on open files to the hard one, and say so if that cannot hold
-/// `max_connections` clients.
-fn raise_open_file_limit(max_connections: usize) {
+/// Every client costs three sockets (the front's two and rumqttd's end of the internal link):
+/// lifts the soft limit on open files to the hard one and returns how many clients to accept,
+/// `max_connections` or fewer if the limit cannot hold that many. Clients beyond it then get
+/// CONNACK "server unavailable" instead of the front failing to open sockets.
+fn fit_open_file_limit(max_connections: usize) -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -110,14 +111,23 @@ fn raise_open_file_limit(max_connections: usize) {
         }
     }
     // Listeners, logs, rumqttd's own descriptors and some slack.
-    let clients = limit.rlim_cur.saturating_sub(64) / 3;
-    if clients < max_connections as u64 {
+    let clients = usize::try_from(limit.rlim_cur.saturating_sub(64) / 3).unwrap_or(usize::MAX);
+    if clients >= max_connections {
+        return max_connections;
+    }
+    if clients < 16 {
         tracing::warn!(
-            "the open-file limit ({}) holds about {clients} clients, fewer than \
-             [connections] max_connections ({max_connections}); raise it with `ulimit -n`",
+            "the open-file limit ({}) holds only {clients} clients; raise it with `ulimit -n`",
+            limit.rlim_cur
+        );
+    } else {
+        tracing::info!(
+            "accepting at most {clients} clients, which the open-file limit ({}) holds \
+             ([connections] max_connections is {max_connections}; raise `ulimit -n` for more)",
             limit.rlim_cur
         );
     }
+    clients.max(1)
 }
 
 fn passwd(file: &std::path::Path, user: &str) -> anyhow::Result<()> {
