@@ -93,6 +93,30 @@ pub struct RouterConfig {
     pub max_segment_count: usize,
     /// QoS 0 messages handed to one subscriber per scheduling round.
     pub max_outgoing_packet_count: u64,
+    /// How a `$share` group's messages are dealt out among its members.
+    pub shared_subscriptions_strategy: SharedStrategy,
+}
+
+/// rumqttd's ways of dealing a shared subscription's messages out: after each batch read
+/// for the group, the next batch goes to the next member in turn, to a random member, or
+/// to the same member for as long as it stays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    #[default]
+    RoundRobin,
+    Random,
+    Sticky,
+}
+
+impl From<SharedStrategy> for rumqttd::Strategy {
+    fn from(strategy: SharedStrategy) -> Self {
+        match strategy {
+            SharedStrategy::RoundRobin => rumqttd::Strategy::RoundRobin,
+            SharedStrategy::Random => rumqttd::Strategy::Random,
+            SharedStrategy::Sticky => rumqttd::Strategy::Sticky,
+        }
+    }
 }
 
 // The defaults, in one place. `shipped_config_equals_defaults` keeps config/broker.toml equal.
@@ -136,6 +160,7 @@ impl Default for RouterConfig {
             max_segment_size: 100 * 1024 * 1024,
             max_segment_count: 10,
             max_outgoing_packet_count: 200,
+            shared_subscriptions_strategy: SharedStrategy::RoundRobin,
         }
     }
 }
@@ -394,7 +419,7 @@ impl BrokerConfig {
                 max_segment_count: self.router.max_segment_count,
                 custom_segment: None,
                 initialized_filters: None,
-                shared_subscriptions_strategy: Default::default(),
+                shared_subscriptions_strategy: self.router.shared_subscriptions_strategy.into(),
             },
             v4: Some(HashMap::from([(server_name.to_owned(), server)])),
             ..Default::default()
