@@ -221,6 +221,14 @@ pub enum ConnectError {
          --port is the broker's TLS port"
     )]
     Tls { addr: String, detail: String },
+    #[error(
+        "cannot open a connection to {addr}: {source} (each device is a socket; raise the \
+         open-file limit with `ulimit -n`)"
+    )]
+    OutOfFiles {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("could not connect to the MQTT broker at {addr}: {source}")]
     Other {
         addr: String,
@@ -341,6 +349,9 @@ fn classify(e: ConnectionError, addr: &str, secs: u64) -> ConnectError {
             addr,
             detail: tls_detail(&e),
         },
+        ConnectionError::Io(source) if out_of_files(&source) => {
+            ConnectError::OutOfFiles { addr, source }
+        }
         ConnectionError::Io(source) => ConnectError::Unreachable { addr, source },
         ConnectionError::NetworkTimeout => ConnectError::Timeout { addr, secs },
         ConnectionError::ConnectionRefused(code) => ConnectError::Refused {
@@ -349,6 +360,11 @@ fn classify(e: ConnectionError, addr: &str, secs: u64) -> ConnectError {
         },
         source => ConnectError::Other { addr, source },
     }
+}
+
+/// True when the process (or the system) has no file descriptor left for a socket.
+fn out_of_files(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 /// True for the errors of a connection the peer closed (rather than one never made).
@@ -465,6 +481,12 @@ mod tests {
         );
         assert!(err.to_string().contains("requires authentication"), "{err}");
         let err = classify(
+            ConnectionError::Io(std::io::Error::from_raw_os_error(libc::EMFILE)),
+            "h:1",
+            5,
+        );
+        assert!(err.to_string().contains("ulimit -n"), "{err}");
+        let err = classify(
             ConnectionError::MqttState(StateError::ConnectionAborted),
             "h:1",
             5,
@@ -519,7 +541,9 @@ mod tests {
         for port in [a, b] {
             assert!(err.contains(&format!("127.0.0.1:{port}: ")), "{err}");
         }
-        let bad = Cli::try_parse_from(["x", "--broker", "nohost"]).err().unwrap();
+        let bad = Cli::try_parse_from(["x", "--broker", "nohost"])
+            .err()
+            .unwrap();
         assert!(bad.to_string().contains("is not HOST:PORT"), "{bad}");
     }
 
