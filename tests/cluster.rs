@@ -21,9 +21,11 @@ const READINGS: u64 = 20_000;
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Bound on `scripts/cluster up` (it waits up to CLUSTER_WAIT for /healthz itself).
 const UP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bound on a whole run; the cluster does a few thousand QoS 1 readings a second when
-/// healthy and a few hundred with a node down.
-const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+/// Bound on a whole run. The cluster does a few thousand QoS 1 readings a second when
+/// healthy, a few hundred with a node down, and in some runs (when the $MQTT_msgs stream's
+/// leader is the subscriber's node, we saw) only about 100 throughout: 20,000 then take
+/// over three minutes.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Three nodes of config/nats on free loopback ports, in a temporary directory; every
 /// node is SIGKILLed when this is dropped.
@@ -331,20 +333,33 @@ fn kill_mid_run(victim: usize, client_id: &str) {
             tail(&cluster.log(survivor), 30)
         )
     };
+    // First the cluster's own guarantee: a PUBACK from NATS 2.9 means the reading is in
+    // the replicated $MQTT_msgs stream, so nothing acknowledged may be missing (a
+    // reading the publisher never got acknowledged may be, and is the publisher's to
+    // send again).
+    let unacked = READINGS - num(&published, "acked");
+    let missing = num(&report, "missing");
     assert!(
-        pub_status.success() && num(&published, "acked") == READINGS,
-        "publisher ({pub_status}): {published}\n{}\n{}",
+        missing <= unacked,
+        "the cluster lost acknowledged readings: {missing} missing, only {unacked} never \
+         acknowledged\nsubscriber: {}\npublisher: {published}\n{}",
+        verdict(&report),
+        context()
+    );
+    assert!(
+        pub_status.success() && unacked == 0,
+        "publisher ({pub_status}): {unacked} readings never acknowledged (and {missing} \
+         missing at the subscriber, all of them among those): {published}\n{}\n{}",
         tail(&publisher.stderr(), 30),
         context()
     );
     assert!(
-        sub_status.success() && report["complete"] == true,
+        sub_status.success() && report["complete"] == true && missing == 0,
         "subscriber ({sub_status}): {}\n{}\n{}",
         verdict(&report),
         tail(&sub_stderr, 30),
         context()
     );
-    assert_eq!(num(&report, "missing"), 0);
     let reconnected = if victim == 1 { &published } else { &report };
     assert!(
         num(reconnected, "reconnects") >= 1,
