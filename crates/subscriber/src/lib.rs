@@ -131,22 +131,44 @@ pub async fn run(
     let mut reconnects = 0;
     let mut failure: Option<String> = None;
 
+    // One timer of each kind for the whole run, reset only when its deadline moves:
+    // building fresh timers for every message cost about 13% of the subscriber's CPU.
+    // Before the first message the idle timer sleeps "forever" (a day); after it, the
+    // timer is pushed back lazily, when it fires, to the last arrival plus --idle-timeout.
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+    let cancelled = shutdown.cancelled();
+    let idle_timer = tokio::time::sleep_until(far());
+    let ack_timer = tokio::time::sleep_until(far());
+    let suback_timer = tokio::time::sleep_until(far());
+    tokio::pin!(cancelled, idle_timer, ack_timer, suback_timer);
+    let mut ack_armed: Option<Instant> = None;
+    let mut suback_armed: Option<Instant> = None;
+
     while !verifier.is_satisfied() {
-        // Before the first message the idle timer sleeps "forever" (a day).
-        let far = Instant::now() + Duration::from_secs(86_400);
-        let idle_deadline = last_arrival.map_or(far, |t| t + idle);
-        let ack_deadline = batch.as_ref().and_then(AckBatch::deadline).unwrap_or(far);
+        let ack_deadline = batch.as_ref().and_then(AckBatch::deadline);
+        if ack_deadline != ack_armed {
+            if let Some(deadline) = ack_deadline {
+                ack_timer.as_mut().reset(deadline.into());
+            }
+            ack_armed = ack_deadline;
+        }
+        if suback_deadline != suback_armed {
+            if let Some(deadline) = suback_deadline {
+                suback_timer.as_mut().reset(deadline.into());
+            }
+            suback_armed = suback_deadline;
+        }
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => {
+            _ = &mut cancelled => {
                 interrupted = true;
                 break;
             }
-            _ = tokio::time::sleep_until(suback_deadline.unwrap_or(far).into()), if suback_deadline.is_some() => {
+            _ = &mut suback_timer, if suback_armed.is_some() => {
                 failure = Some(SubscribeError::NoSubAck(args.broker.connect_timeout).to_string());
                 break;
             }
-            _ = tokio::time::sleep_until(ack_deadline.into()) => {
+            _ = &mut ack_timer, if ack_armed.is_some() => {
                 if let Some(batch) = batch.as_mut() {
                     batch.commit(&client)?;
                 }
@@ -157,6 +179,9 @@ pub async fn run(
                     let recorded = verifier.record_payload(&publish.payload);
                     timing.record(now, now_unix_us(), recorded.sent_at_us);
                     progress.update(verifier.received());
+                    if last_arrival.is_none() {
+                        idle_timer.as_mut().reset((now + idle).into());
+                    }
                     last_arrival = Some(now);
                     if let Some(batch) = batch.as_mut() {
                         batch.record(&recorded.observation);
@@ -214,7 +239,12 @@ pub async fn run(
                     }
                 }
             },
-            _ = tokio::time::sleep_until(idle_deadline.into()) => {
+            _ = &mut idle_timer, if last_arrival.is_some() => {
+                let due = last_arrival.map_or(Instant::now(), |t| t + idle);
+                if Instant::now() < due {
+                    idle_timer.as_mut().reset(due.into());
+                    continue;
+                }
                 idle_timeout = true;
                 info!("nothing arrived for {} s (--idle-timeout); stopping", args.idle_timeout);
                 break;
