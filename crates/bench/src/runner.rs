@@ -78,8 +78,11 @@ impl Scenario {
 
     /// Runs the row once in the scratch directory `dir`.
     pub fn run_once(&self, peers: &Peers, dir: &Path) -> Result<Measurement> {
-        let timeout = Duration::from_secs(120 + self.messages / 2_000);
+        let mut timeout = Duration::from_secs(120 + self.messages / 2_000);
         if self.broker == BrokerKind::NatsCluster {
+            // Some runs of NATS 2.9 go at ~100 msg/s from start to end (see
+            // config/nats/mqtt.conf): a slow figure for the table, not a failure.
+            timeout = Duration::from_secs(120 + self.messages / 80);
             let Some(server) = &peers.nats_server else {
                 bail!("nats-server not found");
             };
