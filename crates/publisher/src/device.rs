@@ -204,7 +204,7 @@ pub async fn run(
                         outcome.lost = Some(e.to_string());
                         break;
                     }
-                    match resume(&mut eventloop, e, &args, &shutdown).await {
+                    match resume(&mut eventloop, e, &args, &client, &stop_producing, &shutdown).await {
                         Ok(resends) => {
                             outcome.reconnects += 1;
                             resends_due = resends;
@@ -284,23 +284,37 @@ fn tally(
 /// put it back, so no reading is ever dropped by the client; the subscriber can then
 /// blame only the broker for what the broker lost.
 ///
-/// The queue goes back with every publish that went out before (it has a packet id)
-/// ahead of those never sent: after a second loss in a row rumqttc's queue interleaves
-/// the two, and the driver counts the first `resends` outgoing publishes as resends.
-/// Returns that number.
+/// The queue is split in two. Publishes that went out before (they have a packet id) are
+/// written again at once, first (see [`send_pending`]); the driver counts the first
+/// `resends` outgoing publishes as resends, the number returned. Publishes never sent
+/// (rumqttc moved them there from its request channel, plus one held back by a packet-id
+/// collision) go back through the request channel on a task of their own, under rumqttc's
+/// flow control: left in the pending queue, which rumqttc drains past its in-flight
+/// limit, each would take a packet id still held by a resend, and rumqttc keeps only the
+/// last of such collisions, silently dropping the others (999 readings lost in a test
+/// where a NATS node died with the window full).
 async fn resume(
     eventloop: &mut EventLoop,
     lost: ConnectionError,
     args: &PublisherArgs,
+    client: &AsyncClient,
+    stop: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> Result<u64, ReconnectError> {
-    let (mut ledger, fresh): (VecDeque<Request>, VecDeque<Request>) =
-        std::mem::take(&mut eventloop.pending)
-            .into_iter()
-            .partition(|r| matches!(r, Request::Publish(p) if p.pkid != 0));
-    let resends = ledger.len() as u64;
-    ledger.extend(fresh);
+    let mut queued = std::mem::take(&mut eventloop.pending);
+    if let Some(mut collided) = eventloop.state.collision.take() {
+        collided.pkid = 0;
+        queued.push_back(Request::Publish(collided));
+    }
+    let (ledger, fresh): (VecDeque<Request>, VecDeque<Request>) = queued
+        .into_iter()
+        .partition(|r| !matches!(r, Request::Publish(p) if p.pkid == 0));
+    let resends = ledger
+        .iter()
+        .filter(|r| matches!(r, Request::Publish(_)))
+        .count() as u64;
     eventloop.pending = ledger.clone();
+    tokio::spawn(republish(client.clone(), fresh, stop.clone()));
     let ack = reconnect(eventloop, lost, &args.broker, &args.reconnect, shutdown).await?;
     if !ack.session_present {
         eventloop.pending = ledger;
@@ -309,7 +323,25 @@ async fn resume(
     Ok(resends)
 }
 
-/// Writes rumqttc's whole pending queue to the new connection at once, through the same
+/// Hands never-sent publishes back to rumqttc's request channel, in order, waiting for
+/// room as the producer does.
+async fn republish(client: AsyncClient, fresh: VecDeque<Request>, stop: CancellationToken) {
+    for request in fresh {
+        let Request::Publish(p) = request else {
+            continue;
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            sent = client.publish_bytes(p.topic.clone(), p.qos, p.retain, p.payload) => {
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes rumqttc's pending queue (the resends) to the new connection at once, through the same
 /// state machine its event loop uses (packet ids, in-flight table, `Outgoing` events).
 /// rumqttc itself sends that queue one request per timer tick: its `pending_throttle`
 /// sleep rounds even zero up to a millisecond, so a full window of 1,000 resends took a
