@@ -134,3 +134,36 @@ fn sigterm_stops_a_publisher_mid_run_with_its_summary() {
     assert_eq!(acked, published, "{report}");
     assert!(publisher.stderr().contains("Total messages published:"));
 }
+
+#[test]
+fn flags_win_over_the_mqtt_brokers_list_and_a_bad_list_is_a_usage_error() {
+    let broker = support::Broker::start();
+    let port = broker.port.to_string();
+    let dead = format!("127.0.0.1:{}", support::closed_port());
+    // MQTT_BROKERS names a dead broker; the --port typed on the command line wins.
+    let mut publisher = support::Proc::spawn_with_env(
+        "mqtt-publisher",
+        &["--port", &port, "--count", "10"],
+        &[("MQTT_BROKERS", dead.as_str())],
+    );
+    let status = publisher.wait(Duration::from_secs(30));
+    assert!(status.success(), "{}", publisher.stderr());
+    // Empty entries are ignored; a bad one names the variable.
+    let mut publisher = support::Proc::spawn_with_env(
+        "mqtt-publisher",
+        &["--count", "10"],
+        &[("MQTT_BROKERS", "127.0.0.1:1,,nohost")],
+    );
+    let status = publisher.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(2), "{}", publisher.stderr());
+    assert!(
+        publisher.stderr().contains("MQTT_BROKERS="),
+        "{}",
+        publisher.stderr()
+    );
+    assert!(
+        publisher.stderr().contains("\"nohost\" is not HOST:PORT"),
+        "{}",
+        publisher.stderr()
+    );
+}

@@ -27,25 +27,25 @@ pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
 /// Where the broker is and how long to wait for it: the flags both clients share.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
-    /// Broker host name or IP address.
-    #[arg(long, env = "MQTT_HOST", default_value = "127.0.0.1")]
-    pub host: String,
+    /// Broker host name or IP address [default: 127.0.0.1].
+    #[arg(long, env = "MQTT_HOST")]
+    pub host: Option<String>,
 
-    /// Broker TCP port.
-    #[arg(long, env = "MQTT_PORT", default_value_t = 1883)]
-    pub port: u16,
+    /// Broker TCP port [default: 1883].
+    #[arg(long, env = "MQTT_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
 
-    /// A broker as HOST:PORT; repeat for failover (or list them, comma-separated, in
-    /// MQTT_BROKERS). Overrides --host/--port. The client connects to the first that
-    /// answers and, when its connection is lost and that broker stays away, moves on to
-    /// the next, keeping its counts and its unacknowledged readings.
-    #[arg(
-        long = "broker",
-        value_name = "HOST:PORT",
-        env = "MQTT_BROKERS",
-        value_delimiter = ','
-    )]
+    /// A broker as HOST:PORT; repeat for failover. Overrides --host/--port. The client
+    /// connects to the first that answers and, when its connection is lost and that broker
+    /// stays away, moves on to the next, keeping its counts and its unacknowledged
+    /// readings. Without --broker, --host or --port, the comma-separated MQTT_BROKERS
+    /// environment variable gives the list.
+    #[arg(long = "broker", value_name = "HOST:PORT", value_delimiter = ',')]
     pub brokers: Vec<Endpoint>,
+
+    /// The MQTT_BROKERS list, read with the flags (see [`Self::validate`]).
+    #[arg(skip = brokers_from_env())]
+    env_brokers: Result<Vec<Endpoint>, String>,
 
     /// MQTT client id [default: a unique id per process, so two clients never take
     /// over each other's connection].
@@ -106,16 +106,44 @@ fn non_empty(s: &str) -> Result<String, String> {
     }
 }
 
+/// Where the brokers come from, most specific first: `--broker` flags; `--host`/`--port`
+/// (flags or MQTT_HOST/MQTT_PORT); the MQTT_BROKERS list; 127.0.0.1:1883.
+const BROKERS_ENV: &str = "MQTT_BROKERS";
+
+/// The MQTT_BROKERS list: empty entries (and an empty variable) are ignored.
+fn brokers_from_env() -> Result<Vec<Endpoint>, String> {
+    let Ok(list) = std::env::var(BROKERS_ENV) else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .filter(|entry| !entry.trim().is_empty())
+        .map(|entry| {
+            entry
+                .parse()
+                .map_err(|e| format!("{BROKERS_ENV}={list:?}: {e}"))
+        })
+        .collect()
+}
+
 impl BrokerArgs {
-    /// The brokers to use, in order: the `--broker` list, else `--host`/`--port`.
+    /// Checks what clap could not: the MQTT_BROKERS list.
+    pub fn validate(&self) -> Result<(), String> {
+        self.env_brokers.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
+    /// The brokers to use, in order (see [`BROKERS_ENV`] for which source wins).
     pub fn endpoints(&self) -> Vec<Endpoint> {
-        if self.brokers.is_empty() {
-            vec![Endpoint {
-                host: self.host.clone(),
-                port: self.port,
-            }]
-        } else {
-            self.brokers.clone()
+        if !self.brokers.is_empty() {
+            return self.brokers.clone();
+        }
+        match &self.env_brokers {
+            Ok(list) if !list.is_empty() && self.host.is_none() && self.port.is_none() => {
+                list.clone()
+            }
+            _ => vec![Endpoint {
+                host: self.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned()),
+                port: self.port.unwrap_or(1883),
+            }],
         }
     }
 
@@ -281,7 +309,7 @@ pub async fn first_connack(
         match connack_from(eventloop, broker.connect_timeout).await {
             Ok(ack) => return Ok(ack),
             Err(e) => {
-                tracing::debug!("broker {endpoint} did not accept the connection: {e}");
+                tracing::warn!("{e}; trying the next broker");
                 failures.push(e);
             }
         }

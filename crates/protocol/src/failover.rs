@@ -32,8 +32,11 @@ impl FromStr for Endpoint {
             None => host,
         };
         let port: u16 = port.parse().map_err(|_| hint())?;
-        if host.is_empty() || port == 0 {
+        if host.is_empty() {
             return Err(hint());
+        }
+        if port == 0 {
+            return Err(format!("{s:?}: port 0 cannot be connected to"));
         }
         Ok(Endpoint {
             host: host.to_owned(),
@@ -111,7 +114,6 @@ mod tests {
             "host",
             "host:",
             ":1883",
-            "host:0",
             "host:99999",
             "::1:1883",
             "[::1:1",
@@ -119,6 +121,8 @@ mod tests {
             let err = bad.parse::<Endpoint>().unwrap_err();
             assert!(err.contains("is not HOST:PORT"), "{bad}: {err}");
         }
+        let err = "host:0".parse::<Endpoint>().unwrap_err();
+        assert!(err.contains("port 0 cannot be connected to"), "{err}");
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub struct PublisherArgs {
 impl PublisherArgs {
     /// Checks what clap cannot check flag by flag: the names the devices will get.
     pub fn validate(&self) -> Result<(), String> {
+        self.broker.validate()?;
         if self.devices > 1 {
             let longest = crate::device::Identity::new(self, self.devices, "x");
             if longest.device_id.len() > MAX_DEVICE_ID_LEN {

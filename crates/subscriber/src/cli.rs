@@ -128,6 +128,7 @@ pub struct MergeArgs {
 impl SubscriberArgs {
     /// Checks what clap cannot check flag by flag.
     pub fn validate(&self) -> Result<(), String> {
+        self.broker.validate()?;
         if self.share.is_some() && self.state.is_some() {
             return Err(
                 "--share cannot be used with --state: a journal needs a persistent \

@@ -200,7 +200,7 @@ pub async fn run(
                     if !announced {
                         announced = true;
                         info!(
-                            broker = %args.broker.address(),
+                            broker = %mqtt_protocol::failover::current(&eventloop),
                             client_id = %client_id,
                             persistent,
                             "subscribed to {} at QoS {}; waiting for {} readings{}",
