@@ -73,19 +73,21 @@ pub enum Command {
 }
 
 fn after_help() -> String {
-    format!(
+    String::from(
         "Examples:\n  mqtt-broker                          # config/broker.toml, 127.0.0.1:1883\n  \
          mqtt-broker --listen 127.0.0.1:0     # any free port\n  \
          mqtt-broker --config my.toml --check-config\n  \
          mqtt-broker passwd config/passwd alice    # then: --password-file config/passwd\n  \
-         mqtt-broker gen-certs certs          # then: --tls-cert certs/server.pem --tls-key certs/server.key\n\n\
+         mqtt-broker gen-certs certs          # then: --tls-cert certs/server.pem (and --tls-key)\n\n\
          Logs: RUST_LOG filters them (default: info). Connections that are dropped or aborted \
          are not errors; RUST_LOG=info,rumqttd=debug,mqtt_broker=debug shows one DEBUG line for \
          each such event. Refused and disconnected clients are one WARN line each (at most 20 \
          per 10 s).\n\n\
-         {}\nmqtt-broker exits 0 when stopped by SIGINT or SIGTERM: that is the normal way to stop \
-         a broker. A port already in use or a bad configuration exits 1.",
-        mqtt_protocol::exit::HELP
+         Stopping: SIGINT or SIGTERM stops accepting connections, gives connected clients up to \
+         [connections] shutdown_grace_ms (5 s) to finish, then exits; a second signal ends the \
+         wait.\n\n\
+         Exit codes: 0 stopped by SIGINT or SIGTERM (the normal way to stop a broker), 1 runtime \
+         error (a port already in use, a bad configuration, rumqttd stopped), 2 usage error."
     )
 }
 

@@ -183,15 +183,20 @@ impl fmt::Display for VerifyReport {
                 self.resumed, self.reconnects
             )?;
         }
+        // A share member sees only its share: "missing" would read as loss, so its
+        // summary leaves it to `merge`.
+        let missing = match &self.share_group {
+            Some(_) => "missing: see merge".to_owned(),
+            None => format!("{} missing", v.missing),
+        };
         writeln!(
             f,
-            "Summary: {} received, {} distinct of {} expected, {} duplicates, {} missing, \
+            "Summary: {} received, {} distinct of {} expected, {} duplicates, {missing}, \
              {} corrupt, {} foreign, {} out of order, {:.2} s, {:.0} msg/s",
             v.received,
             v.distinct,
             v.expected,
             v.duplicates,
-            v.missing,
             v.corrupt,
             v.foreign,
             v.out_of_order,
