@@ -224,25 +224,9 @@ fn summary(m: &Member) -> MemberSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::Reading;
     use crate::timing::Timing;
-    use std::borrow::Cow;
 
-    fn payload(stream_id: u64, seq: u64, total: u64) -> Vec<u8> {
-        let mut buf = Vec::new();
-        Reading {
-            stream_id,
-            device_id: Cow::Owned(format!("dev-{stream_id}")),
-            seq,
-            total,
-            sent_at_us: 1,
-            temperature: 20.0,
-            humidity: 50.0,
-            padding: 0,
-        }
-        .encode_binary(&mut buf);
-        buf
-    }
+    use crate::reading::tests::binary as payload;
 
     /// A member's report after receiving `payloads`, with sets.
     fn member(name: &str, expected: u64, payloads: &[Vec<u8>]) -> Member {

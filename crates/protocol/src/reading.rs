@@ -348,8 +348,25 @@ pub fn stream_id_for_device(device_id: &str) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A binary reading of device "dev" (the other modules' tests share it).
+    pub(crate) fn binary(stream_id: u64, seq: u64, total: u64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        Reading {
+            stream_id,
+            device_id: Cow::Borrowed("dev"),
+            seq,
+            total,
+            sent_at_us: 1,
+            temperature: 20.0,
+            humidity: 50.0,
+            padding: 0,
+        }
+        .encode_binary(&mut buf);
+        buf
+    }
 
     fn sample(padding: u32) -> Reading<'static> {
         Reading {

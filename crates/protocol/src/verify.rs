@@ -257,6 +257,16 @@ impl Verifier {
         }
     }
 
+    /// The state of `stream_id`, new (named after `device_id`) on its first reading.
+    fn stream(&mut self, stream_id: u64, device_id: &str) -> &mut StreamState {
+        self.streams
+            .entry(stream_id)
+            .or_insert_with(|| StreamState {
+                device_id: device_id.to_owned(),
+                ..StreamState::default()
+            })
+    }
+
     /// Records a decoded reading (not counted in `received`; see [`Self::observe`]).
     fn record(&mut self, stream_id: u64, device_id: &str, seq: u64, total: u64) -> Arrival {
         if total > 0 && seq > total {
@@ -264,13 +274,7 @@ impl Verifier {
             self.foreign += 1;
             return Arrival::Foreign;
         }
-        let stream = self
-            .streams
-            .entry(stream_id)
-            .or_insert_with(|| StreamState {
-                device_id: device_id.to_owned(),
-                ..StreamState::default()
-            });
+        let stream = self.stream(stream_id, device_id);
         stream.total = stream.total.max(total);
         if !stream.seen.insert(seq) {
             stream.duplicates += 1;
@@ -328,13 +332,7 @@ impl Verifier {
         duplicates: u64,
         out_of_order: u64,
     ) {
-        let stream = self
-            .streams
-            .entry(stream_id)
-            .or_insert_with(|| StreamState {
-                device_id: device_id.to_owned(),
-                ..StreamState::default()
-            });
+        let stream = self.stream(stream_id, device_id);
         let both = stream.seen.intersection_len(seen);
         stream.seen |= seen;
         stream.total = stream.total.max(total);
@@ -408,24 +406,8 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::Reading;
-    use std::borrow::Cow;
 
-    fn payload(stream_id: u64, seq: u64, total: u64) -> Vec<u8> {
-        let mut buf = Vec::new();
-        Reading {
-            stream_id,
-            device_id: Cow::Borrowed("dev"),
-            seq,
-            total,
-            sent_at_us: 1,
-            temperature: 20.0,
-            humidity: 50.0,
-            padding: 0,
-        }
-        .encode_binary(&mut buf);
-        buf
-    }
+    use crate::reading::tests::binary as payload;
 
     fn feed(v: &mut Verifier, stream: u64, total: u64, seqs: impl IntoIterator<Item = u64>) {
         for seq in seqs {
