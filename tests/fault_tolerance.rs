@@ -116,14 +116,8 @@ fn a_slow_subscriber_loses_only_what_the_broker_reports_dropping() {
     // The measured problem of issue 6: 1 MB x 3 segments, a subscriber at least 10x
     // slower than the publisher, 200,000 readings.
     const N: u64 = 200_000;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("small-log.toml");
-    std::fs::write(
-        &config,
-        "[router]\nmax_segment_size = 1048576\nmax_segment_count = 3\n",
-    )
-    .unwrap();
-    let broker = Broker::start_with(&["--config", config.to_str().unwrap()]);
+    let broker =
+        Broker::start_with_config("[router]\nmax_segment_size = 1048576\nmax_segment_count = 3\n");
     let count = N.to_string();
     // 100 µs per reading: at most 10,000 readings/s, against a publisher at 100,000+.
     let subscriber = Subscriber::start(
@@ -169,14 +163,9 @@ fn a_slow_subscriber_loses_only_what_the_broker_reports_dropping() {
         .filter(|l| l.contains("ERROR") && l.contains("rumqttd dropped"))
         .filter_map(|l| field(l, "dropped="))
         .sum();
-    let total = log
-        .lines()
-        .find(|l| l.contains("shutting down"))
-        .and_then(|l| field(l, "dropped="));
-    let peak_mib = log
-        .lines()
-        .find(|l| l.contains("shutting down"))
-        .and_then(|l| field(l, "peak_rss_mib="));
+    let last_line = log.lines().find(|l| l.contains("shutting down"));
+    let total = last_line.and_then(|l| field(l, "dropped="));
+    let peak_mib = last_line.and_then(|l| field(l, "peak_rss_mib="));
     eprintln!(
         "publisher {pub_rate:.0} msg/s, subscriber {sub_rate:.0} msg/s; subscriber missing \
          {missing}, broker reported {dropped} dropped (total {total:?}); broker peak {peak_mib:?} MiB"
@@ -435,10 +424,7 @@ fn a_broker_told_to_stop_lets_a_run_in_progress_finish_then_exits() {
 
 #[test]
 fn a_broker_told_to_stop_disconnects_clients_still_there_after_the_grace_period() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("broker.toml");
-    std::fs::write(&config, "[connections]\nshutdown_grace_ms = 1500\n").unwrap();
-    let broker = Broker::start_with(&["--config", config.to_str().unwrap()]);
+    let broker = Broker::start_with_config("[connections]\nshutdown_grace_ms = 1500\n");
     let subscriber = Subscriber::start(broker.port, &["--count", "10", "--reconnect-for", "1"]);
     let mut broker = broker;
     let asked = std::time::Instant::now();

@@ -23,12 +23,6 @@ max_payload_size = 65536
 max_client_id_len = 64
 ";
 
-fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
-    let path = dir.path().join("broker.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.to_str().expect("utf-8 path").to_owned()
-}
-
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -359,9 +353,7 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn bad_input_battery_leaves_the_broker_serving_and_loses_nothing() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = config_file(&dir, BATTERY_CONFIG);
-    let broker = Broker::start_with(&["--config", &config]);
+    let broker = Broker::start_with_config(BATTERY_CONFIG);
     let a = addr(broker.port);
     let stream = Stream::start(broker.port);
 
@@ -434,9 +426,7 @@ fn shared_subscription_disconnect_does_not_kill_routing() {
 
 #[test]
 fn max_connections_is_answered_with_server_unavailable() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = config_file(&dir, "[connections]\nmax_connections = 3\n");
-    let broker = Broker::start_with(&["--config", &config]);
+    let broker = Broker::start_with_config("[connections]\nmax_connections = 3\n");
     let a = addr(broker.port);
     let held: Vec<Raw> = (0..3)
         .map(|i| Raw::connected(a, &format!("held-{i}")))

@@ -202,6 +202,14 @@ impl Broker {
         Self::spawn(&["--listen", listen])
     }
 
+    /// A broker on an ephemeral port configured by `toml` (read once, at start).
+    pub fn start_with_config(toml: &str) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("broker.toml");
+        fs::write(&path, toml).expect("write the broker config");
+        Self::start_with(&["--config", path.to_str().expect("utf-8 path")])
+    }
+
     pub fn start_with(extra: &[&str]) -> Broker {
         let mut args = vec!["--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
