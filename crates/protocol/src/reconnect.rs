@@ -141,11 +141,9 @@ pub async fn reconnect(
             Ok(Err(e)) => last = e,
             Err(_) => last = ConnectionError::NetworkTimeout,
         }
-        if let Some(next) = next_after(&endpoints, &current(eventloop)) {
-            debug!(
-                "{} did not answer ({last}); trying {next}",
-                current(eventloop)
-            );
+        let here = current(eventloop);
+        if let Some(next) = next_after(&endpoints, &here) {
+            debug!("{here} did not answer ({last}); trying {next}");
             move_to(eventloop, next);
         }
     }

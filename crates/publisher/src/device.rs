@@ -313,12 +313,11 @@ async fn resume(
         .iter()
         .filter(|r| matches!(r, Request::Publish(_)))
         .count() as u64;
-    eventloop.pending = ledger.clone();
     tokio::spawn(republish(client.clone(), fresh, stop.clone()));
-    let ack = reconnect(eventloop, lost, &args.broker, &args.reconnect, shutdown).await?;
-    if !ack.session_present {
-        eventloop.pending = ledger;
-    }
+    // rumqttc clears its (now empty) pending queue on a CONNACK without a session; the
+    // ledger goes back after it either way.
+    reconnect(eventloop, lost, &args.broker, &args.reconnect, shutdown).await?;
+    eventloop.pending = ledger;
     send_pending(eventloop).await;
     Ok(resends)
 }

@@ -116,7 +116,7 @@ pub async fn run(
     // The SUBACK is awaited in the main loop: a resumed session may deliver its backlog
     // before it, and every one of those readings must be counted.
     let suback_timeout = Duration::from_secs(args.broker.connect_timeout);
-    let mut suback_deadline = Some(Instant::now() + suback_timeout);
+    let mut awaiting_suback = true;
     let mut announced = false;
     client
         .try_subscribe(subscription.as_str(), qos(args.qos))
@@ -139,10 +139,9 @@ pub async fn run(
     let cancelled = shutdown.cancelled();
     let idle_timer = tokio::time::sleep_until(far());
     let ack_timer = tokio::time::sleep_until(far());
-    let suback_timer = tokio::time::sleep_until(far());
+    let suback_timer = tokio::time::sleep(suback_timeout);
     tokio::pin!(cancelled, idle_timer, ack_timer, suback_timer);
     let mut ack_armed: Option<Instant> = None;
-    let mut suback_armed: Option<Instant> = None;
 
     while !verifier.is_satisfied() {
         let ack_deadline = batch.as_ref().and_then(AckBatch::deadline);
@@ -152,19 +151,13 @@ pub async fn run(
             }
             ack_armed = ack_deadline;
         }
-        if suback_deadline != suback_armed {
-            if let Some(deadline) = suback_deadline {
-                suback_timer.as_mut().reset(deadline.into());
-            }
-            suback_armed = suback_deadline;
-        }
         tokio::select! {
             biased;
             _ = &mut cancelled => {
                 interrupted = true;
                 break;
             }
-            _ = &mut suback_timer, if suback_armed.is_some() => {
+            _ = &mut suback_timer, if awaiting_suback => {
                 failure = Some(SubscribeError::NoSubAck(args.broker.connect_timeout).to_string());
                 break;
             }
@@ -196,7 +189,7 @@ pub async fn run(
                         failure = Some(SubscribeError::Refused(subscription.clone()).to_string());
                         break;
                     }
-                    suback_deadline = None;
+                    awaiting_suback = false;
                     if !announced {
                         announced = true;
                         info!(
@@ -225,7 +218,8 @@ pub async fn run(
                                 // The broker forgot us (restart, or a clean session):
                                 // subscribe again; the SUBACK is checked above.
                                 let _ = client.try_subscribe(subscription.as_str(), qos(args.qos));
-                                suback_deadline = Some(Instant::now() + suback_timeout);
+                                awaiting_suback = true;
+                                suback_timer.as_mut().reset(tokio::time::Instant::now() + suback_timeout);
                             }
                         }
                         Err(ReconnectError::Interrupted) => {
