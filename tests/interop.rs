@@ -641,28 +641,15 @@ fn unsubscribe_stops_delivery() {
 }
 
 #[test]
-fn keep_alive_zero_gets_no_connack_from_our_broker() {
+fn keep_alive_zero_is_accepted_by_both_brokers() {
     let Some(python) = peers::paho_python() else {
         return;
     };
-    on_both_brokers(|target, port| {
+    on_both_brokers(|_target, port| {
+        // MQTT 3.1.1 section 3.1.2.10: keep-alive 0 turns the keep-alive mechanism off.
         let seen = peers::paho_check(&python, "keepalive0", port, &[]);
-        match target {
-            // rumqttd limitation: MQTT 3.1.1 allows keep-alive 0 (3.1.2.10: "turns off the
-            // keep alive mechanism"), but rumqttd refuses it (link/remote.rs,
-            // Error::ZeroKeepAlive; upstream bytebeamio/rumqtt#943) by closing the
-            // connection without any CONNACK, so the client cannot even tell why.
-            Target::Ours => assert_eq!(
-                seen,
-                serde_json::json!({"connack": false, "accepted": false, "closed_by_broker": true})
-            ),
-            // Mosquitto 2.0.11 accepts it. (Some later 2.0.x releases refuse it with CONNACK
-            // "identifier rejected"; either way the client gets an answer, which is the
-            // point of comparison, so only the CONNACK is asserted.)
-            Target::Mosquitto => {
-                assert_eq!(seen["connack"], true, "{seen}");
-                assert_eq!(seen["closed_by_broker"], false, "{seen}");
-            }
-        }
+        assert_eq!(seen["connack"], true, "{seen}");
+        assert_eq!(seen["accepted"], true, "{seen}");
+        assert_eq!(seen["closed_by_broker"], false, "{seen}");
     });
 }

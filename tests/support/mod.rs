@@ -9,6 +9,7 @@
 
 pub mod chaos;
 pub mod hardening;
+pub mod mqtt;
 pub mod peers;
 use std::fs;
 use std::io::{BufRead, BufReader};

@@ -354,19 +354,14 @@ impl Mosquitto {
 
 /// Waits until our broker has logged that `client_id` subscribed: the only readiness a
 /// third-party subscriber like the seed demo's (which prints `ready` before its SUBACK)
-/// leaves behind. Relies on rumqttd's INFO event "Adding subscription on topic". The
-/// broker keeps rumqttd's per-packet spans (which carry `client_id`) out of its log
-/// unless rumqttd's debug output is on, so a line without any client id counts too:
-/// callers start one third-party subscriber at a time.
+/// leaves behind. The broker logs `client "ID" subscribed to FILTER` at INFO when the
+/// router's SUBACK goes out.
 pub fn wait_for_subscription(broker: &Broker, client_id: &str, timeout: Duration) {
-    let needle = format!("client_id=\"{client_id}\"");
+    let needle = format!("client {client_id:?} subscribed to ");
     let deadline = Instant::now() + timeout;
     loop {
         let log = broker.proc.stderr();
-        if log.lines().any(|l| {
-            l.contains("Adding subscription on topic")
-                && (l.contains(&needle) || !l.contains("client_id="))
-        }) {
+        if log.contains(&needle) {
             return;
         }
         if Instant::now() >= deadline {

@@ -3,7 +3,6 @@
 //! mistake is a one-line error naming the file and the key rather than a panic inside a rumqttd
 //! thread; only then are they mapped onto `rumqttd::Config`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -18,6 +17,10 @@ pub const DEFAULT_PATH: &str = "config/broker.toml";
 
 /// MQTT's largest possible "remaining length" (the 4-byte variable length integer's maximum).
 const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// Router connections beyond `max_connections`: the ingest link, and client links that are
+/// still leaving while their clients' successors arrive.
+const ROUTER_SPARE_LINKS: usize = 64;
 
 /// Everything `mqtt-broker` can be told in its TOML file. Missing keys take the
 /// [`Default`] values, which equal the shipped `config/broker.toml`; unknown keys are errors.
@@ -362,67 +365,32 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// The limits the network front enforces.
-    pub(crate) fn limits(&self) -> crate::front::Limits {
+    /// The limits every connection is held to.
+    pub(crate) fn limits(&self) -> crate::hub::Limits {
         let c = &self.connections;
-        crate::front::Limits {
+        crate::hub::Limits {
             max_packet: c.max_payload_size,
             max_client_id: c.max_client_id_len,
             connect_timeout: Duration::from_millis(u64::from(c.connection_timeout_ms)),
             tls_handshake_timeout: Duration::from_millis(self.tls.handshake_timeout_ms),
             max_connections: c.max_connections,
             next_connection_delay: Duration::from_millis(self.listener.next_connection_delay_ms),
+            read_batch: c.max_inflight_count,
         }
     }
 
-    /// Maps this configuration onto rumqttd's: one MQTT 3.1.1 (v4) server named `server_name`
-    /// listening on `listen` (the internal loopback address the front forwards to, never port
-    /// 0), no TLS, no extras. It accepts only CONNECTs that carry `secret` as the front's
-    /// password: clients reach rumqttd through the front, never directly.
-    pub fn to_rumqttd(
-        &self,
-        listen: SocketAddr,
-        server_name: &str,
-        secret: &str,
-    ) -> rumqttd::Config {
-        let secret = secret.to_owned();
-        let mut connections = rumqttd::ConnectionSettings {
-            connection_timeout_ms: self.connections.connection_timeout_ms,
-            max_payload_size: self.connections.max_payload_size,
-            max_inflight_count: self.connections.max_inflight_count,
-            auth: None,
-            external_auth: None,
-            // Only consulted for a publish no filter matches; `false` would disconnect such a
-            // publisher, `true` keeps the ordinary MQTT behaviour.
-            dynamic_filters: true,
-        };
-        connections.set_auth_handler(move |_client_id, user, password| {
-            let ok = user == crate::front::UPSTREAM_USER && password == secret;
-            async move { ok }
-        });
-        let server = rumqttd::ServerSettings {
-            name: server_name.to_owned(),
-            listen,
-            tls: None,
-            // The front paces accepts; rumqttd's internal listener only sees the front.
-            next_connection_delay_ms: 0,
-            connections,
-        };
-        rumqttd::Config {
-            id: 0,
-            router: rumqttd::RouterConfig {
-                // The front enforces max_connections (with a CONNACK); the margin covers
-                // connections rumqttd has not yet noticed are closed.
-                max_connections: self.connections.max_connections + 64,
-                max_outgoing_packet_count: self.router.max_outgoing_packet_count,
-                max_segment_size: self.router.max_segment_size,
-                max_segment_count: self.router.max_segment_count,
-                custom_segment: None,
-                initialized_filters: None,
-                shared_subscriptions_strategy: self.router.shared_subscriptions_strategy.into(),
-            },
-            v4: Some(HashMap::from([(server_name.to_owned(), server)])),
-            ..Default::default()
+    /// The configuration of rumqttd's router: its logs and its connection table.
+    pub fn router_config(&self) -> rumqttd::RouterConfig {
+        rumqttd::RouterConfig {
+            // Our layer enforces max_connections (with a CONNACK); the router also holds the
+            // broker's own links, and links on their way out.
+            max_connections: self.connections.max_connections + ROUTER_SPARE_LINKS,
+            max_outgoing_packet_count: self.router.max_outgoing_packet_count,
+            max_segment_size: self.router.max_segment_size,
+            max_segment_count: self.router.max_segment_count,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: self.router.shared_subscriptions_strategy.into(),
         }
     }
 }
@@ -605,18 +573,14 @@ mod tests {
     }
 
     #[test]
-    fn maps_onto_one_v4_server() {
-        let listen: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let r = BrokerConfig::default().to_rumqttd(listen, "srv", "secret");
-        let v4 = r.v4.unwrap();
-        assert_eq!(v4.len(), 1);
-        let server = &v4["srv"];
-        assert_eq!(server.listen, listen);
-        assert_eq!(server.connections.max_payload_size, 256 * 1024);
-        // Only the front, with the per-process secret, may log in to rumqttd.
-        assert!(server.connections.external_auth.is_some());
-        assert!(r.v5.is_none() && r.ws.is_none() && r.prometheus.is_none());
-        assert_eq!(r.router.max_segment_count, 10);
+    fn maps_onto_the_routers_configuration() {
+        let r = BrokerConfig::default().router_config();
+        assert_eq!(r.max_segment_count, 10);
+        assert_eq!(r.max_segment_size, 100 * 1024 * 1024);
+        assert!(r.max_connections > 10_000);
+        let limits = BrokerConfig::default().limits();
+        assert_eq!(limits.max_packet, 256 * 1024);
+        assert_eq!(limits.read_batch, 100);
     }
 
     #[test]

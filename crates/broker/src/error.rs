@@ -28,19 +28,8 @@ pub enum BrokerError {
         error: io::Error,
         hint: &'static str,
     },
-    #[error("cannot start rumqttd's thread: {0}")]
-    Spawn(io::Error),
-    #[error("rumqttd could not serve on {addr}: {error}")]
-    ServerFailed { addr: SocketAddr, error: String },
-    #[error("rumqttd did not report listening on {addr} within {secs} s; giving up")]
-    StartTimeout { addr: SocketAddr, secs: u64 },
-    #[error("rumqttd stopped serving on {addr} ({detail}); the broker cannot continue")]
-    Stopped { addr: SocketAddr, detail: String },
-    #[error("rumqttd's router stopped ({reason}); the broker cannot route messages")]
-    RouterDone { reason: String },
-    #[error(
-        "rumqttd's lifecycle events are not being observed: install the broker's logging \
-         (mqtt_broker::logging::init) or mqtt_broker::lifecycle_layer before starting it"
-    )]
-    NotObservable,
+    #[error("no listener is enabled: set [listener] enabled = true or a [tls] address")]
+    NoListener,
+    #[error("rumqttd's router has stopped; the broker cannot route messages")]
+    RouterGone,
 }

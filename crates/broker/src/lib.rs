@@ -1,25 +1,30 @@
-//! The pipeline's MQTT broker: rumqttd embedded as a library, configured from our own TOML
-//! file, with what rumqttd leaves out: knowing for sure that it listens (or why it does not),
-//! logs in which a dropped client connection is not an ERROR, and a network front of our own
-//! (`front`) that enforces limits, packet rules, authentication (`auth`) and TLS (`tls`)
-//! before a connection reaches rumqttd.
+//! The pipeline's MQTT broker: rumqttd's router, embedded in-process, behind an MQTT network
+//! layer of our own. The broker owns every socket (`listener`), reads and judges every packet
+//! (`connection`, `packet`), authenticates (`auth`) and encrypts (`tls`), hands publishes to
+//! the router through one link of its own (`ingest`) and acknowledges them itself, and knows
+//! where each subscriber stands in the router's logs (`delivery`), so a message the router
+//! skips is counted, not guessed from log text. Configuration is our own TOML file (`config`).
 //!
 //! The binary is `config::BrokerConfig::load` → `logging::init` → [`run`].
 
 pub mod auth;
 pub mod config;
+mod connection;
+mod delivery;
 mod error;
-mod front;
-mod lifecycle;
+mod hub;
+mod ingest;
 mod listener;
+mod log;
 pub mod logging;
 mod noise;
-mod router_guard;
+mod packet;
+mod router;
 mod server;
+mod sessions;
 pub mod tls;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;
-pub use lifecycle::layer as lifecycle_layer;
-pub use router_guard::install_router_panic_hook;
+pub use router::install_router_panic_hook;
 pub use server::{run, start, RunningBroker, READY_PREFIX, READY_TLS_PREFIX};

@@ -1,18 +1,36 @@
-//! rumqttd binds its listener inside its own thread and only logs a failure, so the broker
-//! binds the address itself first: a taken port becomes a clear error before anything starts,
-//! and port 0 becomes a concrete free port that rumqttd can be given (rumqttd would not tell
-//! us which port it got).
+//! The broker's listening sockets: binding them (a taken port is a clear error before anything
+//! starts) and accepting connections on them. Each accepted socket gets a task of its own; a
+//! bounded number may be in their handshake at once, and on the TLS port the handshake itself
+//! has a deadline, so silent sockets never hold up other clients.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::connection;
 use crate::error::BrokerError;
+use crate::hub::{Hub, Slot};
 
-/// Binds `addr` for a moment and returns the concrete address (port 0 resolved). The listener
-/// is closed again at once; rumqttd re-binds the same address right after.
-pub(crate) fn claim(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
-    let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
-    listener.local_addr().map_err(|e| bind_error(addr, e))
+/// Pending connections the kernel queues for each listener.
+const BACKLOG: u32 = 1024;
+
+/// Binds a listener with a generous backlog.
+pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, BrokerError> {
+    let error = |e| bind_error(addr, e);
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(error)?;
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    socket.listen(BACKLOG).map_err(error)
 }
 
 pub(crate) fn bind_error(addr: SocketAddr, error: io::Error) -> BrokerError {
@@ -36,22 +54,70 @@ pub(crate) fn bind_error(addr: SocketAddr, error: io::Error) -> BrokerError {
     }
 }
 
+/// Accepts connections on `listener` until `stop` is cancelled. Accept errors (such as running
+/// out of file descriptors) pause the loop briefly; they never end it.
+pub(crate) async fn accept(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(handle(Arc::clone(&hub), stream, peer, tls.clone()));
+                if !hub.limits.next_connection_delay.is_zero() {
+                    tokio::time::sleep(hub.limits.next_connection_delay).await;
+                }
+            }
+            Err(e) => {
+                hub.log
+                    .warn(format_args!("cannot accept a connection: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    hub: Arc<Hub>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    // Sockets that have not finished their handshake are bounded too: beyond as many as
+    // there may be clients, new ones are closed at once.
+    let Some(pending) = Slot::take(&hub.stats.pending, hub.limits.max_connections) else {
+        debug!(%peer, "too many connections in their handshake; closed");
+        return;
+    };
+    match tls {
+        None => connection::serve(&hub, stream, peer, pending).await,
+        Some(acceptor) => {
+            let timeout = hub.limits.tls_handshake_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => connection::serve(&hub, stream, peer, pending).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "no TLS handshake within tls_handshake_timeout_ms"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn port_zero_becomes_a_real_port() {
-        let addr = claim("127.0.0.1:0".parse().unwrap()).unwrap();
-        assert_eq!(addr.ip().to_string(), "127.0.0.1");
-        assert_ne!(addr.port(), 0);
-    }
-
-    #[test]
-    fn a_taken_port_is_reported_as_in_use() {
-        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    #[tokio::test]
+    async fn a_taken_port_is_reported_as_in_use() {
+        let taken = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = taken.local_addr().unwrap();
-        let err = claim(addr).unwrap_err();
+        let err = bind(addr).unwrap_err();
         assert!(matches!(err, BrokerError::AddrInUse { .. }), "{err}");
         assert!(err.to_string().contains("is already in use"), "{err}");
     }

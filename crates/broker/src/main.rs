@@ -78,7 +78,7 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
     tracing::info!(config = %source, "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name("mqtt-front")
+        .thread_name("mqtt-net")
         .enable_all()
         .build()
         .context("while starting the async runtime")?;
@@ -86,15 +86,15 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
         let shutdown = mqtt_protocol::shutdown::on_signals();
         mqtt_broker::run(config, shutdown).await
     })?;
-    // rumqttd's threads never end; do not wait for the runtime's tasks either.
+    // rumqttd's router thread never ends; do not wait for the runtime's tasks either.
     runtime.shutdown_background();
     Ok(())
 }
 
-/// Every client costs three sockets (the front's two and rumqttd's end of the internal link):
-/// lifts the soft limit on open files to the hard one and returns how many clients to accept,
-/// `max_connections` or fewer if the limit cannot hold that many. Clients beyond it then get
-/// CONNACK "server unavailable" instead of the front failing to open sockets.
+/// Every client costs one socket: lifts the soft limit on open files to the hard one and
+/// returns how many clients to accept, `max_connections` or fewer if the limit cannot hold
+/// that many. Clients beyond it then get CONNACK "server unavailable" instead of the broker
+/// failing to accept sockets.
 fn fit_open_file_limit(max_connections: usize) -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -110,8 +110,8 @@ fn fit_open_file_limit(max_connections: usize) -> usize {
             }
         }
     }
-    // Listeners, logs, rumqttd's own descriptors and some slack.
-    let clients = usize::try_from(limit.rlim_cur.saturating_sub(64) / 3).unwrap_or(usize::MAX);
+    // Listeners, logs, the runtime's own descriptors and some slack.
+    let clients = usize::try_from(limit.rlim_cur.saturating_sub(64)).unwrap_or(usize::MAX);
     if clients >= max_connections {
         return max_connections;
     }

@@ -1,9 +1,10 @@
-//! rumqttd logs every dropped or aborted client connection at ERROR (a few hundred aborted
-//! handshakes make well over a thousand red lines), and every accepted, registered and closed
-//! connection at INFO. None of that is an error of the broker. This module recognises that
-//! per-connection chatter by target and message and demotes it: it is shown only when DEBUG is
-//! enabled for its target (`RUST_LOG=rumqttd=debug`), then as one line labelled `DEBUG`.
-//! Everything else rumqttd says, bind failures and router faults included, keeps its level.
+//! rumqttd's router logs every registered and closed connection and every subscription at
+//! INFO, and a link that leaves twice (a client that sent DISCONNECT, then closed) at ERROR.
+//! None of that is an error of the broker, and the broker says what matters about its clients
+//! itself. This module recognises that per-connection chatter by target and message and
+//! demotes it: it is shown only when DEBUG is enabled for the router's target
+//! (`RUST_LOG=rumqttd=debug`), then as one line labelled `DEBUG`. Everything else the router
+//! says keeps its level.
 
 use std::fmt::{self, Write as _};
 
@@ -16,50 +17,31 @@ use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Target of rumqttd's acceptor and per-connection tasks.
-pub(crate) const BROKER_TARGET: &str = "rumqttd::server::broker";
 /// Target of rumqttd's router.
 pub(crate) const ROUTER_TARGET: &str = "rumqttd::router::routing";
 
-/// True for rumqttd's per-connection events (whatever level rumqttd gave them): a connection
-/// accepted, registered, refused during its handshake, dropped or closed.
+/// True for the router's per-connection events (whatever level rumqttd gave them): a
+/// connection registered or closed, a subscription added, a link that was already gone.
 pub(crate) fn is_connection_noise(target: &str, message: &str) -> bool {
-    match target {
-        BROKER_TARGET => matches!(
+    target == ROUTER_TARGET
+        && (matches!(
             message,
-            "accept"
-                | "Error while handling MQTT connect packet"
-                | "Remote link error"
-                | "connection-stop"
-                | "router-drop"
-                | "disconnected"
-        ),
-        ROUTER_TARGET => {
-            matches!(
-                message,
-                "Connection is already disconnected"
-                    | "Client connection registered"
-                    | "Disconnecting connection"
-            ) || (message.starts_with("no-connection id ") && message.ends_with(" is already gone"))
-        }
-        _ => false,
-    }
+            "Connection is already disconnected"
+                | "Client connection registered"
+                | "Disconnecting connection"
+        ) || message.starts_with("Adding subscription on topic ")
+            || (message.starts_with("no-connection id ") && message.ends_with(" is already gone")))
 }
 
-/// Whether DEBUG is enabled for rumqttd's two noisy targets, fixed when logging starts.
+/// Whether DEBUG is enabled for the router's target, fixed when logging starts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct ShowNoise {
-    pub broker: bool,
     pub router: bool,
 }
 
 impl ShowNoise {
     fn for_target(self, target: &str) -> bool {
-        match target {
-            BROKER_TARGET => self.broker,
-            ROUTER_TARGET => self.router,
-            _ => false,
-        }
+        target == ROUTER_TARGET && self.router
     }
 }
 
@@ -216,22 +198,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dropped_connections_are_noise() {
-        for m in [
-            "accept",
-            "Error while handling MQTT connect packet",
-            "Remote link error",
-            "connection-stop",
-            "router-drop",
-            "disconnected",
-        ] {
-            assert!(is_connection_noise(BROKER_TARGET, m), "{m}");
-        }
+    fn connection_chatter_is_noise() {
         for m in [
             "no-connection id 17 is already gone",
             "Connection is already disconnected",
             "Client connection registered",
             "Disconnecting connection",
+            "Adding subscription on topic sensors/#",
         ] {
             assert!(is_connection_noise(ROUTER_TARGET, m), "{m}");
         }
@@ -240,28 +213,19 @@ mod tests {
     #[test]
     fn real_errors_are_not_noise() {
         for m in [
-            "Server error - V4",
-            "Unable to accept socket.",
-            "Tls accept error",
-            "Listening for remote connections",
+            "Router done!",
             "no space for new connection",
             "Failed to append to commitlog",
             "Duplicate client_id, dropping previous connection with connection_id: 3",
+            "Unsolicited/ooo ack received for pkid 7",
         ] {
-            assert!(!is_connection_noise(BROKER_TARGET, m), "{m}");
             assert!(!is_connection_noise(ROUTER_TARGET, m), "{m}");
         }
-        assert!(!is_connection_noise(ROUTER_TARGET, "Router done!"));
         // The right words from the wrong place are not noise either.
         assert!(!is_connection_noise(
             "rumqttd::link::bridge",
-            "disconnected"
+            "Disconnecting connection"
         ));
-        assert!(!is_connection_noise(
-            BROKER_TARGET,
-            "Connection is already disconnected"
-        ));
-        assert!(!is_connection_noise(ROUTER_TARGET, "accept"));
     }
 
     #[test]
@@ -278,13 +242,10 @@ mod tests {
     }
 
     #[test]
-    fn show_flags_are_per_target() {
-        let show = ShowNoise {
-            broker: true,
-            router: false,
-        };
-        assert!(show.for_target(BROKER_TARGET));
-        assert!(!show.for_target(ROUTER_TARGET));
+    fn show_flags_are_for_the_router_only() {
+        let show = ShowNoise { router: true };
+        assert!(show.for_target(ROUTER_TARGET));
         assert!(!show.for_target("rumqttd::server::tls"));
+        assert!(!ShowNoise::default().for_target(ROUTER_TARGET));
     }
 }

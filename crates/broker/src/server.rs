@@ -1,18 +1,13 @@
-//! Starting rumqttd and watching it serve. rumqttd has no readiness signal, no error path for a
-//! failed bind and no way to stop: the broker binds the client-facing listeners itself (they
-//! belong to the network front, see `front`), starts rumqttd on a thread of its own on an
-//! internal loopback port, waits for rumqttd's "listening" log event (see `lifecycle`), then
-//! starts the front, and from then on treats anything that ends rumqttd's serving as fatal.
+//! Starting the broker and serving until told to stop: bind the configured listeners (the only
+//! sockets the broker opens), spawn rumqttd's router and the ingest link, accept connections,
+//! and on shutdown stop accepting, give connected clients a grace period, then close the rest.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
-
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -21,9 +16,11 @@ use mqtt_protocol::resources::peak_rss_kib;
 use crate::auth::Users;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
-use crate::front::Front;
-use crate::lifecycle::{self, Signal};
-use crate::{listener, router_guard};
+use crate::hub::{Hub, Stats};
+use crate::ingest::Ingest;
+use crate::router::Router;
+use crate::sessions::Sessions;
+use crate::{listener, log};
 
 /// What `run` prints on stdout, followed by the socket address, once the broker accepts
 /// connections. Scripts and tests parse this line.
@@ -32,19 +29,10 @@ pub const READY_PREFIX: &str = "mqtt-broker listening on ";
 /// The line `run` prints for the TLS listener (after the plain one, if that runs too).
 pub const READY_TLS_PREFIX: &str = "mqtt-broker listening for TLS on ";
 
-/// Pending connections the kernel queues for each listener.
-const BACKLOG: u32 = 1024;
-
-/// How long rumqttd gets to report that it listens.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Makes each rumqttd server name (and so its thread name) unique within the process.
-static NEXT_SERVER: AtomicUsize = AtomicUsize::new(0);
-
-/// A rumqttd broker that has reported listening.
+/// A broker whose listeners are bound and whose router runs.
 ///
-/// rumqttd has no stop: its threads run until the process exits, even after [`serve`]
-/// returns. The binary returns from `main`, which is the clean stop.
+/// rumqttd's router thread has no stop: it runs until the process exits, even after
+/// [`serve`] returns. The binary returns from `main`, which is the clean stop.
 ///
 /// [`serve`]: RunningBroker::serve
 #[derive(Debug)]
@@ -52,28 +40,18 @@ pub struct RunningBroker {
     addr: SocketAddr,
     plain: Option<SocketAddr>,
     tls: Option<SocketAddr>,
-    front_stop: CancellationToken,
-    /// The front, once it runs (it counts the connected clients).
-    front: Option<Arc<Front>>,
+    hub: Arc<Hub>,
+    /// Stops the accept loops.
+    stop_accepting: CancellationToken,
     /// How long connected clients may stay after a shutdown signal.
     grace: Duration,
-    server: String,
-    signals: mpsc::Receiver<Signal>,
-    stopped: oneshot::Receiver<String>,
 }
 
-/// Starts rumqttd with `config` and waits (up to 5 s) until it is listening. A taken port, a
-/// failed bind or a rumqttd that stops while starting is an error.
-///
-/// Needs [`crate::lifecycle_layer`] in the global subscriber. Installs, once per process,
-/// [`crate::install_router_panic_hook`]: a panic in rumqttd's router ends the process (code 1).
+/// Binds the listeners and starts the router. A taken port, a bad certificate or password
+/// file is an error; nothing is left running then. Installs, once per process, the router
+/// panic hook: a panic in rumqttd's router ends the process (code 1).
 pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> {
     config.validate().map_err(BrokerError::Config)?;
-    if !lifecycle::installed() {
-        return Err(BrokerError::NotObservable);
-    }
-    router_guard::install_router_panic_hook();
-
     let users = match &config.auth.password_file {
         Some(path) => {
             let users = Users::load(path).map_err(BrokerError::Auth)?;
@@ -93,11 +71,11 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         _ => None,
     };
     let plain = match config.listener.enabled {
-        true => Some(bind(config.listener.address)?),
+        true => Some(listener::bind(config.listener.address)?),
         false => None,
     };
     let tls = match config.tls.address {
-        Some(addr) if acceptor.is_some() => Some(bind(addr)?),
+        Some(addr) if acceptor.is_some() => Some(listener::bind(addr)?),
         _ => None,
     };
     let plain_addr = local_addr(plain.as_ref(), config.listener.address)?;
@@ -114,75 +92,39 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         }
     }
 
-    let addr = listener::claim("127.0.0.1:0".parse().expect("a literal socket address"))?;
-    let secret = format!("{:032x}", rand::random::<u128>());
-    let server = format!("mqtt-v4-{}", NEXT_SERVER.fetch_add(1, Ordering::Relaxed));
-    let rumqttd_config = config.to_rumqttd(addr, &server, &secret);
-
-    // Watch before starting, so that no lifecycle event can be missed.
-    let signals = lifecycle::watch();
-    let (done, stopped) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("rumqttd-start".to_owned())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(rumqttd_config);
-            // `start` blocks while the server threads run, and returns (with `Ok`) only when
-            // they have all ended, whatever the reason.
-            let outcome = match broker.start() {
-                Ok(()) => "its server thread ended".to_owned(),
-                Err(e) => format!("start failed: {e}"),
-            };
-            let _ = done.send(outcome);
-        })
-        .map_err(BrokerError::Spawn)?;
-
-    let public = plain_addr.or(tls_addr).unwrap_or(addr);
-    let mut broker = RunningBroker {
-        addr: public,
-        plain: plain_addr,
-        tls: tls_addr,
-        front_stop: CancellationToken::new(),
-        front: None,
-        grace: Duration::from_millis(config.connections.shutdown_grace_ms),
-        server,
-        signals,
-        stopped,
-    };
-    match tokio::time::timeout(STARTUP_TIMEOUT, broker.until_listening()).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(BrokerError::StartTimeout {
-                addr: public,
-                secs: STARTUP_TIMEOUT.as_secs(),
-            })
-        }
-    }
-
-    let front = Arc::new(Front::new(config.limits(), addr, secret, users));
+    let router = Router::spawn(config.router_config());
+    let ingest = Ingest::open(&router)
+        .await
+        .map_err(|_| BrokerError::RouterGone)?;
+    let hub = Arc::new(Hub {
+        limits: config.limits(),
+        users,
+        router,
+        ingest,
+        sessions: Sessions::default(),
+        stats: Stats::default(),
+        log: log::Budget::default(),
+        cut_off: CancellationToken::new(),
+        router_gone: CancellationToken::new(),
+    });
+    let stop_accepting = CancellationToken::new();
     if let Some(listener) = plain {
-        let stop = broker.front_stop.clone();
-        tokio::spawn(Arc::clone(&front).serve(listener, None, stop));
+        let stop = stop_accepting.clone();
+        tokio::spawn(listener::accept(Arc::clone(&hub), listener, None, stop));
     }
     if let Some(listener) = tls {
-        let stop = broker.front_stop.clone();
-        tokio::spawn(Arc::clone(&front).serve(listener, acceptor, stop));
+        let stop = stop_accepting.clone();
+        tokio::spawn(listener::accept(Arc::clone(&hub), listener, acceptor, stop));
     }
-    broker.front = Some(front);
-    Ok(broker)
-}
-
-/// Binds a client-facing listener with a generous backlog.
-fn bind(addr: SocketAddr) -> Result<TcpListener, BrokerError> {
-    let error = |e| listener::bind_error(addr, e);
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(error)?;
-    socket.set_reuseaddr(true).map_err(error)?;
-    socket.bind(addr).map_err(error)?;
-    socket.listen(BACKLOG).map_err(error)
+    let addr = plain_addr.or(tls_addr).ok_or(BrokerError::NoListener)?;
+    Ok(RunningBroker {
+        addr,
+        plain: plain_addr,
+        tls: tls_addr,
+        hub,
+        stop_accepting,
+        grace: Duration::from_millis(config.connections.shutdown_grace_ms),
+    })
 }
 
 fn local_addr(
@@ -199,7 +141,8 @@ fn local_addr(
 
 impl Drop for RunningBroker {
     fn drop(&mut self) {
-        self.front_stop.cancel();
+        self.stop_accepting.cancel();
+        self.hub.cut_off.cancel();
     }
 }
 
@@ -220,47 +163,34 @@ impl RunningBroker {
         self.tls
     }
 
-    /// Serves until `shutdown` is cancelled (then `Ok`), or until rumqttd's server or router
-    /// stops (an error: the broker is no longer a broker).
-    pub async fn serve(mut self, shutdown: CancellationToken) -> Result<(), BrokerError> {
-        let _stop_front_on_return = self.front_stop.clone().drop_guard();
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    self.drain().await;
-                    // rumqttd has no graceful stop; returning lets the process exit, which
-                    // closes every connection left. That is the clean stop.
-                    let dropped = lifecycle::dropped_total();
-                    let peak_rss_mib = peak_rss_kib().map(|kib| kib / 1024);
-                    if dropped > 0 {
-                        error!(dropped, peak_rss_mib, "shutting down; {dropped} messages were dropped unread by slow subscribers during this run");
-                    } else {
-                        info!(dropped, peak_rss_mib, "shutting down");
-                    }
-                    return Ok(());
-                }
-                signal = self.signals.recv() => {
-                    if let Some(error) = self.fatal(signal) {
-                        return Err(error);
-                    }
-                }
-                outcome = &mut self.stopped => return Err(self.stopped_error(outcome)),
-            }
+    /// Serves until `shutdown` is cancelled (then `Ok`), or until the router is found gone
+    /// (an error: the broker is no longer a broker).
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = self.hub.router_gone.cancelled() => return Err(BrokerError::RouterGone),
         }
+        self.drain().await;
+        let dropped = self.hub.dropped();
+        let peak_rss_mib = peak_rss_kib().map(|kib| kib / 1024);
+        if dropped > 0 {
+            error!(dropped, peak_rss_mib, "shutting down; {dropped} messages were dropped unread by slow subscribers during this run");
+        } else {
+            info!(dropped, peak_rss_mib, "shutting down");
+        }
+        Ok(())
     }
 
     /// The graceful half of a shutdown: stops accepting connections (the listeners close),
     /// then lets the connected clients finish and leave for up to the grace period (a
-    /// second signal ends it early), and says what happened.
-    async fn drain(&mut self) {
-        self.front_stop.cancel();
-        let Some(front) = self.front.clone() else {
-            return;
-        };
-        let connected = front.connected();
+    /// second signal ends it early), says what happened, and closes whoever is left.
+    async fn drain(&self) {
+        self.stop_accepting.cancel();
+        let hub = &self.hub;
+        let connected = hub.connected();
         if connected == 0 || self.grace.is_zero() {
             info!(connected, "stopped accepting connections");
+            self.cut_off().await;
             return;
         }
         info!(
@@ -271,7 +201,7 @@ impl RunningBroker {
         );
         let started = tokio::time::Instant::now();
         let all_left = async {
-            while front.connected() > 0 {
+            while hub.connected() > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -280,7 +210,7 @@ impl RunningBroker {
             () = tokio::time::sleep(self.grace) => "the grace period ended",
             () = mqtt_protocol::shutdown::signalled() => "a second signal came",
         };
-        let left = front.connected();
+        let left = hub.connected();
         info!(
             left_by_themselves = connected.saturating_sub(left),
             cut_off = left,
@@ -289,69 +219,18 @@ impl RunningBroker {
             started.elapsed().as_secs_f64(),
             connected.saturating_sub(left)
         );
+        self.cut_off().await;
     }
 
-    async fn until_listening(&mut self) -> Result<(), BrokerError> {
-        loop {
-            tokio::select! {
-                // Signals first: a failed bind is logged before the thread ends.
-                biased;
-                signal = self.signals.recv() => match signal {
-                    Some(Signal::Listening { server, .. }) if server == self.server => {
-                        return Ok(())
-                    }
-                    Some(Signal::ServerFailed { server, error }) if server == self.server => {
-                        return Err(if error.contains("AddrInUse") {
-                            BrokerError::AddrInUse { addr: self.addr }
-                        } else {
-                            BrokerError::ServerFailed { addr: self.addr, error }
-                        });
-                    }
-                    other => {
-                        if let Some(error) = self.fatal(other) {
-                            return Err(error);
-                        }
-                    }
-                },
-                outcome = &mut self.stopped => return Err(self.stopped_error(outcome)),
+    /// Closes every connection still open, and waits (briefly) until they are gone.
+    async fn cut_off(&self) {
+        self.hub.cut_off.cancel();
+        let gone = async {
+            while self.hub.connected() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        }
-    }
-
-    /// The error a signal means for this broker, if any.
-    fn fatal(&self, signal: Option<Signal>) -> Option<BrokerError> {
-        match signal {
-            Some(Signal::ServerFailed { server, error }) if server == self.server => {
-                Some(BrokerError::Stopped {
-                    addr: self.addr,
-                    detail: error,
-                })
-            }
-            Some(Signal::RouterDone { reason }) => Some(BrokerError::RouterDone { reason }),
-            Some(Signal::Dropped { filter, count }) => {
-                // The loud half of the accounting: rumqttd itself only logs a WARN.
-                error!(
-                    filter,
-                    dropped = count,
-                    total = lifecycle::dropped_total(),
-                    "rumqttd dropped {count} messages a subscriber of {filter} had not read yet \
-                     (its in-memory log rolled over: raise [router] max_segment_size or \
-                     max_segment_count); they are lost"
-                );
-                None
-            }
-            Some(_) => None,
-            // Cannot happen while the lifecycle layer holds the sender; if it does, we are
-            // blind, which is as bad as stopped.
-            None => Some(BrokerError::NotObservable),
-        }
-    }
-
-    fn stopped_error(&self, outcome: Result<String, oneshot::error::RecvError>) -> BrokerError {
-        BrokerError::Stopped {
-            addr: self.addr,
-            detail: outcome.unwrap_or_else(|_| "its start thread panicked".to_owned()),
-        }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), gone).await;
     }
 }
 

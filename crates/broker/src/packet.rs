@@ -1,7 +1,8 @@
-//! Just enough MQTT 3.1.1 to judge what a client sends before rumqttd sees it: packet
-//! boundaries (the fixed header), the CONNECT packet (read, then rewritten for rumqttd), and the
-//! rules for PUBLISH topics and SUBSCRIBE/UNSUBSCRIBE filters that rumqttd does not enforce.
-//! Pure functions over byte slices; nothing here allocates per PUBLISH.
+//! Just enough MQTT 3.1.1 to judge what a client sends before any of it reaches the router:
+//! packet boundaries (the fixed header), the CONNECT packet, the fields of a PUBLISH, and the
+//! rules for topics and SUBSCRIBE/UNSUBSCRIBE filters that rumqttd's codec does not enforce.
+//! Pure functions over byte slices; nothing here allocates per PUBLISH. Packets the broker
+//! sends are written with rumqttd's own codec (`connection::writer`).
 
 use std::fmt;
 
@@ -216,60 +217,45 @@ pub(crate) fn connect(body: &[u8], max_client_id: usize) -> Result<Connect<'_>, 
     })
 }
 
-fn put_field(out: &mut Vec<u8>, value: &[u8]) {
-    // Every field we write came from a u16-length field or is our own short credential.
-    let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&value[..usize::from(len)]);
+/// The fields of a PUBLISH frame (fixed header included), as offsets into that frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PublishFields {
+    pub qos: u8,
+    pub retain: bool,
+    /// 0 at QoS 0.
+    pub pkid: u16,
+    pub topic: std::ops::Range<usize>,
+    pub payload: std::ops::Range<usize>,
 }
 
-fn put_remaining(out: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let mut digit = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            digit |= 0x80;
-        }
-        out.push(digit);
-        if len == 0 {
-            break;
-        }
-    }
+/// Reads the fields of a PUBLISH that [`check_packet`] accepted.
+pub(crate) fn publish_fields(
+    header: &FixedHeader,
+    frame: &[u8],
+) -> Result<PublishFields, Violation> {
+    let body = header.header_len;
+    let qos = (header.first >> 1) & 0x03;
+    let mut at = body;
+    let topic_len = field(frame, &mut at)?.len();
+    let topic = at - topic_len..at;
+    let pkid = if qos > 0 {
+        let pkid = u16_at(frame, at)?;
+        at += 2;
+        pkid
+    } else {
+        0
+    };
+    Ok(PublishFields {
+        qos,
+        retain: header.first & 0x01 != 0,
+        pkid,
+        topic,
+        payload: at..frame.len(),
+    })
 }
 
-impl Connect<'_> {
-    /// The CONNECT rumqttd receives: the client's own, except that it carries the front's
-    /// credentials (so that only the front can use rumqttd's internal listener). A keep-alive of
-    /// 0 is passed on as it is, and rumqttd refuses it (tests/interop.rs documents that).
-    pub(crate) fn for_upstream(&self, user: &str, password: &[u8]) -> Vec<u8> {
-        let mut body = Vec::with_capacity(64 + self.client_id.len());
-        put_field(&mut body, b"MQTT");
-        let mut flags = 0xC0; // user name and password
-        if self.clean_session {
-            flags |= 0x02;
-        }
-        if let Some((will_flags, _, _)) = self.will {
-            flags |= will_flags;
-        }
-        body.push(4);
-        body.push(flags);
-        body.extend_from_slice(&self.keep_alive.to_be_bytes());
-        put_field(&mut body, self.client_id.as_bytes());
-        if let Some((_, topic, message)) = self.will {
-            put_field(&mut body, topic);
-            put_field(&mut body, message);
-        }
-        put_field(&mut body, user.as_bytes());
-        put_field(&mut body, password);
-        let mut packet = Vec::with_capacity(body.len() + 5);
-        packet.push(0x10);
-        put_remaining(&mut packet, body.len());
-        packet.extend_from_slice(&body);
-        packet
-    }
-}
-
-/// A topic name a client may publish to: non-empty UTF-8 without wildcards, not `$`-prefixed.
+/// A topic name a client may publish to: non-empty UTF-8 without wildcards. Topics that start
+/// with `$` are valid names; the broker accepts and drops them (see [`is_reserved_topic`]).
 pub(crate) fn valid_topic_name(topic: &[u8]) -> Result<(), Violation> {
     if topic.is_empty() {
         return Err(Violation::new("empty topic name"));
@@ -278,12 +264,13 @@ pub(crate) fn valid_topic_name(topic: &[u8]) -> Result<(), Violation> {
     if topic.contains(['+', '#']) {
         return Err(Violation::new("wildcard in a topic name"));
     }
-    if topic.starts_with('$') {
-        return Err(Violation::new(
-            "publish to a $-prefixed topic is not allowed",
-        ));
-    }
     Ok(())
+}
+
+/// Topics that start with `$` are the server's (MQTT 3.1.1 section 4.7.2): clients must not
+/// exchange messages on them, and the router never routes them.
+pub(crate) fn is_reserved_topic(topic: &[u8]) -> bool {
+    topic.first() == Some(&b'$')
 }
 
 /// A topic filter: non-empty UTF-8; `#` only as the whole last level, `+` only as a whole level.
@@ -303,75 +290,8 @@ fn valid_filter(filter: &str) -> Result<(), Violation> {
     Ok(())
 }
 
-/// The refusal of a `$share` subscription from a persistent session (see [`refuse_shared`]).
-pub(crate) const SHARED_NEEDS_CLEAN: &str =
-    "shared subscriptions ($share/...) need a clean session (clean_session = 1)";
-
-/// For a SUBSCRIBE body whose filters are all `$share/...` (refused for a persistent session):
-/// the SUBACK that refuses each one (return code 0x80), so that the client is told instead of
-/// disconnected. `None` when the packet mixes shared and ordinary filters or is malformed.
-pub(crate) fn refuse_shared(body: &[u8]) -> Option<Vec<u8>> {
-    let mut at = 2;
-    let mut count = 0usize;
-    while at < body.len() {
-        let filter = field(body, &mut at).ok()?;
-        if !filter.starts_with(b"$share/") || *body.get(at)? > 2 {
-            return None;
-        }
-        at += 1;
-        count += 1;
-    }
-    if count == 0 || count > 125 {
-        return None;
-    }
-    let mut suback = vec![0x90, (2 + count) as u8, body[0], body[1]];
-    suback.resize(4 + count, 0x80);
-    Some(suback)
-}
-
-/// Follows packet boundaries in a byte stream that arrives in arbitrary chunks (rumqttd's
-/// output), so that a packet of our own can be slipped in between two of its packets.
-#[derive(Debug, Default)]
-pub(crate) struct Boundaries {
-    remaining: usize,
-    header: [u8; 5],
-    header_len: usize,
-}
-
-impl Boundaries {
-    /// True between two packets.
-    pub(crate) fn at_boundary(&self) -> bool {
-        self.remaining == 0 && self.header_len == 0
-    }
-
-    /// Moves past `bytes`, skipping packet bodies without looking at them.
-    pub(crate) fn advance(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.remaining > 0 {
-                let take = self.remaining.min(bytes.len());
-                self.remaining -= take;
-                bytes = &bytes[take..];
-                continue;
-            }
-            self.header[self.header_len] = bytes[0];
-            self.header_len += 1;
-            bytes = &bytes[1..];
-            let last = self.header[self.header_len - 1];
-            if self.header_len >= 2 && (last & 0x80 == 0 || self.header_len == 5) {
-                self.remaining = self.header[1..self.header_len]
-                    .iter()
-                    .enumerate()
-                    .fold(0, |len, (i, d)| len | usize::from(d & 0x7F) << (7 * i));
-                self.header_len = 0;
-            }
-        }
-    }
-}
-
-/// Checks one filter of a SUBSCRIBE/UNSUBSCRIBE, including `$share/GROUP/FILTER`. Shared
-/// subscriptions from persistent sessions are refused: rumqttd 0.20's router panics when such a
-/// session disconnects with unacknowledged messages (`expect("group must exists")`).
-fn check_filter(filter: &[u8], persistent: bool, subscribe: bool) -> Result<(), Violation> {
+/// Checks one filter of a SUBSCRIBE/UNSUBSCRIBE, including `$share/GROUP/FILTER`.
+fn check_filter(filter: &[u8]) -> Result<(), Violation> {
     let filter = utf8(filter)?;
     if let Some(rest) = filter.strip_prefix("$share/") {
         let (group, inner) = rest
@@ -380,21 +300,15 @@ fn check_filter(filter: &[u8], persistent: bool, subscribe: bool) -> Result<(), 
         if group.is_empty() || group.contains(['+', '#']) {
             return Err(Violation::new("invalid shared subscription group name"));
         }
-        if subscribe && persistent {
-            return Err(Violation::new(SHARED_NEEDS_CLEAN));
-        }
         return valid_filter(inner);
     }
     valid_filter(filter)
 }
 
 /// Validates one complete client-to-broker packet after the CONNECT (`frame` includes the
-/// fixed header). `persistent` is the session's clean_session = 0.
-pub(crate) fn check_packet(
-    header: &FixedHeader,
-    frame: &[u8],
-    persistent: bool,
-) -> Result<(), Violation> {
+/// fixed header). What is valid MQTT but refused by policy (a `$share` filter from a
+/// persistent session, a `$` topic) is the connection's decision, not a violation.
+pub(crate) fn check_packet(header: &FixedHeader, frame: &[u8]) -> Result<(), Violation> {
     let body = &frame[header.header_len..];
     let flags = header.first & 0x0F;
     match header.packet_type() {
@@ -433,7 +347,7 @@ pub(crate) fn check_packet(
             }
             while at < body.len() {
                 let filter = field(body, &mut at)?;
-                check_filter(filter, persistent, subscribe)?;
+                check_filter(filter)?;
                 if subscribe {
                     let qos = *body
                         .get(at)
@@ -457,6 +371,25 @@ pub(crate) fn check_packet(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put_field(out: &mut Vec<u8>, value: &[u8]) {
+        out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        out.extend_from_slice(value);
+    }
+
+    fn put_remaining(out: &mut Vec<u8>, mut len: usize) {
+        loop {
+            let mut digit = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                digit |= 0x80;
+            }
+            out.push(digit);
+            if len == 0 {
+                break;
+            }
+        }
+    }
 
     fn connect_body(flags: u8, id: &str, rest: &[u8]) -> Vec<u8> {
         let mut b = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];
@@ -485,6 +418,7 @@ mod tests {
         let c = connect(&body, 23).unwrap();
         assert_eq!(c.client_id, "dev-1");
         assert!(c.clean_session && c.username.is_none());
+        assert_eq!(c.keep_alive, 60);
 
         let long = connect_body(0x02, &"x".repeat(24), &[]);
         assert_eq!(
@@ -505,28 +439,24 @@ mod tests {
             connect(&connect_body(0x00, "", &[]), 23).unwrap_err().code,
             Some(ReturnCode::IdentifierRejected)
         );
+        assert!(connect(&connect_body(0x02, "", &[]), 23).is_ok());
         assert!(connect(&connect_body(0x42, "a", &[0, 1, b'p']), 23).is_err());
         assert!(connect(&connect_body(0x02, "a", &[9]), 23).is_err());
     }
 
     #[test]
-    fn upstream_connect_carries_the_front_credentials() {
+    fn a_will_and_credentials_are_read() {
         let mut rest = Vec::new();
         put_field(&mut rest, b"will/t");
         put_field(&mut rest, b"bye");
         put_field(&mut rest, b"alice");
         put_field(&mut rest, b"pw");
-        let body = connect_body(0xC0 | 0x0C | 0x02, "id", &rest);
+        // will flag, will QoS 1, will retain, user name, password, clean session
+        let body = connect_body(0xC0 | 0x20 | 0x08 | 0x04 | 0x02, "id", &rest);
         let c = connect(&body, 23).unwrap();
         assert_eq!(c.username, Some("alice"));
         assert_eq!(c.password, Some(&b"pw"[..]));
-        let up = c.for_upstream("front", b"secret");
-        let h = fixed_header(&up, 1000).unwrap().unwrap();
-        let again = connect(&up[h.header_len..], 23).unwrap();
-        assert_eq!(again.username, Some("front"));
-        assert_eq!(again.password, Some(&b"secret"[..]));
-        assert_eq!(again.will, c.will);
-        assert_eq!(again.client_id, "id");
+        assert_eq!(c.will, Some((0x2C, &b"will/t"[..], &b"bye"[..])));
     }
 
     fn frame(first: u8, body: &[u8]) -> (FixedHeader, Vec<u8>) {
@@ -551,17 +481,33 @@ mod tests {
         for (topic, ok) in [
             ("sensors/data", true),
             ("a/b/c", true),
+            ("$SYS/x", true),
             ("", false),
             ("a/+/b", false),
             ("a/#", false),
-            ("$SYS/x", false),
             ("nul\0", false),
         ] {
             let (h, f) = publish(topic, 1);
-            assert_eq!(check_packet(&h, &f, false).is_ok(), ok, "{topic:?}");
+            assert_eq!(check_packet(&h, &f).is_ok(), ok, "{topic:?}");
         }
         let (h, f) = publish("t", 3);
-        assert!(check_packet(&h, &f, false).is_err());
+        assert!(check_packet(&h, &f).is_err());
+        assert!(is_reserved_topic(b"$SYS/x") && !is_reserved_topic(b"a/$"));
+    }
+
+    #[test]
+    fn publish_fields_are_located_in_the_frame() {
+        let (h, f) = publish("sensors/data", 1);
+        let p = publish_fields(&h, &f).unwrap();
+        assert_eq!((p.qos, p.pkid, p.retain), (1, 1, false));
+        assert_eq!(&f[p.topic], b"sensors/data");
+        assert_eq!(&f[p.payload], b"payload");
+        let (mut h, mut f) = publish("t", 0);
+        f[0] |= 0x01;
+        h.first |= 0x01;
+        let p = publish_fields(&h, &f).unwrap();
+        assert_eq!((p.qos, p.pkid, p.retain), (0, 0, true));
+        assert_eq!(&f[p.payload], b"payload");
     }
 
     fn subscribe(filter: &str) -> (FixedHeader, Vec<u8>) {
@@ -572,7 +518,7 @@ mod tests {
     }
 
     #[test]
-    fn subscribe_filters_are_checked_and_shared_needs_a_clean_session() {
+    fn subscribe_filters_are_checked() {
         for (filter, ok) in [
             ("sensors/#", true),
             ("+/x/+", true),
@@ -586,44 +532,12 @@ mod tests {
             ("$share/g", false),
         ] {
             let (h, f) = subscribe(filter);
-            assert_eq!(check_packet(&h, &f, false).is_ok(), ok, "{filter:?}");
+            assert_eq!(check_packet(&h, &f).is_ok(), ok, "{filter:?}");
         }
-        let (h, f) = subscribe("$share/g/sensors/#");
-        let err = check_packet(&h, &f, true).unwrap_err();
-        assert!(err.reason.contains("clean session"), "{err}");
         let (h, f) = frame(0x82, &[0, 1]);
-        assert!(check_packet(&h, &f, false).is_err());
+        assert!(check_packet(&h, &f).is_err());
         let (h, f) = frame(0x80, &[0, 1, 0, 1, b'a', 0]);
-        assert!(check_packet(&h, &f, false).is_err());
-    }
-
-    #[test]
-    fn shared_only_subscriptions_get_a_failure_suback() {
-        let mut body = vec![0, 9];
-        body.extend_from_slice(&[0, 9]);
-        body.extend_from_slice(b"$share/g/");
-        body.push(1);
-        assert_eq!(refuse_shared(&body), Some(vec![0x90, 3, 0, 9, 0x80]));
-        let mut mixed = body.clone();
-        mixed.extend_from_slice(&[0, 1, b'a', 0]);
-        assert_eq!(refuse_shared(&mixed), None);
-        assert_eq!(refuse_shared(&[0, 1]), None);
-    }
-
-    #[test]
-    fn boundaries_are_followed_across_chunks() {
-        let mut stream = Vec::new();
-        stream.extend(frame(0x30, &[7; 200]).1);
-        stream.extend(frame(0x40, &[0, 1]).1);
-        stream.extend(frame(0xD0, &[]).1);
-        for split in 0..stream.len() {
-            let mut b = Boundaries::default();
-            b.advance(&stream[..split]);
-            let expect = [0, 203, 207].contains(&split);
-            assert_eq!(b.at_boundary(), expect, "split at {split}");
-            b.advance(&stream[split..]);
-            assert!(b.at_boundary());
-        }
+        assert!(check_packet(&h, &f).is_err());
     }
 
     #[test]
@@ -636,7 +550,7 @@ mod tests {
         ];
         for (first, body) in ok {
             let (h, f) = frame(first, body);
-            assert!(check_packet(&h, &f, false).is_ok(), "{first:#x}");
+            assert!(check_packet(&h, &f).is_ok(), "{first:#x}");
         }
         let bad = [
             (0x40, &[0u8][..]),
@@ -650,7 +564,7 @@ mod tests {
         ];
         for (first, body) in bad {
             let (h, f) = frame(first, body);
-            assert!(check_packet(&h, &f, false).is_err(), "{first:#x}");
+            assert!(check_packet(&h, &f).is_err(), "{first:#x}");
         }
     }
 }

@@ -1,0 +1,331 @@
+//! One task per client connection: the MQTT network layer in front of rumqttd's router.
+//!
+//! After the handshake (`handshake`), the connection claims its client id (taking the session
+//! over from an older connection with the same id), gets a link to the router, sends the
+//! router's CONNACK, and then runs two halves side by side: `reader` (client to broker) and
+//! `writer` (broker to client). When either ends, or the session is taken over, or the broker
+//! shuts down, the connection fires the client's will if it ended abnormally, and leaves the
+//! router with a DISCONNECT (a persistent session then stays in the router for its return).
+
+mod handshake;
+mod reader;
+mod writer;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{
+    Disconnect, DisconnectReasonCode, Packet, Protocol as _, SubscribeReasonCode,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::{mpsc, Notify};
+use tracing::debug;
+
+use crate::delivery::Delivery;
+use crate::hub::{Hub, Slot};
+use crate::ingest::Message;
+use crate::packet::{ReturnCode, Violation};
+use crate::router::LinkRequest;
+use crate::sessions;
+
+pub(crate) use handshake::Will;
+
+/// Chunks of replies the reader may queue for the writer.
+const OUTBOX: usize = 64;
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// The client sent DISCONNECT: the only ending without the will.
+    Disconnected,
+    SocketClosed,
+    SocketError(std::io::ErrorKind),
+    KeepAliveTimeout,
+    /// The client broke a rule of the protocol or a limit.
+    Violation(&'static str),
+    /// Another connection with the same client id took the session over.
+    TakenOver,
+    /// The router dropped the client's link (it refuses out-of-order acknowledgements).
+    RouterClosed,
+    /// The router is gone altogether.
+    RouterGone,
+    /// The broker's shutdown grace period ended.
+    ShutDown,
+    ReaderGone,
+    WriterGone,
+}
+
+impl Close {
+    /// MQTT publishes the will whenever the network connection closes without DISCONNECT.
+    /// A broker that is shutting down has no one left to tell.
+    fn fires_will(&self) -> bool {
+        !matches!(
+            self,
+            Close::Disconnected | Close::ShutDown | Close::RouterGone
+        )
+    }
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::Disconnected => f.write_str("client disconnected"),
+            Close::SocketClosed => f.write_str("connection closed by the client"),
+            Close::SocketError(kind) => write!(f, "connection error: {kind}"),
+            Close::KeepAliveTimeout => f.write_str("nothing received for 1.5 keep-alive periods"),
+            Close::Violation(reason) => f.write_str(reason),
+            Close::TakenOver => f.write_str("session taken over by a new connection"),
+            Close::RouterClosed => f.write_str("the router closed the client's link"),
+            Close::RouterGone => f.write_str("the router has stopped"),
+            Close::ShutDown => f.write_str("the broker is shutting down"),
+            Close::ReaderGone | Close::WriterGone => f.write_str("connection ended"),
+        }
+    }
+}
+
+/// SUBACK/UNSUBACK that the writer completes when the router's answer comes.
+#[derive(Debug)]
+pub(crate) enum PendingAck {
+    /// One code per filter: `Some` for the reader's refusals, `None` where the router's goes.
+    Subscribe {
+        codes: Vec<Option<SubscribeReasonCode>>,
+        filters: Vec<(String, u8)>,
+    },
+    /// The router answers an UNSUBSCRIBE with one UNSUBACK per filter it removes.
+    Unsubscribe {
+        filters: Vec<String>,
+        remaining: usize,
+    },
+}
+
+/// SUBSCRIBE/UNSUBSCRIBE packets the router has not answered yet.
+#[derive(Debug, Default)]
+pub(crate) struct Barrier {
+    raised: AtomicUsize,
+    lowered: Notify,
+}
+
+impl Barrier {
+    fn raise(&self) {
+        self.raised.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn lower(&self) {
+        if self.raised.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.lowered.notify_one();
+        }
+    }
+
+    fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire) > 0
+    }
+
+    /// Waits until no SUBSCRIBE/UNSUBSCRIBE is unanswered.
+    async fn lowered(&self) {
+        while self.is_raised() {
+            self.lowered.notified().await;
+        }
+    }
+}
+
+/// What both halves of one connection share.
+pub(crate) struct Conn<'h> {
+    hub: &'h Hub,
+    client_id: String,
+    peer: SocketAddr,
+    persistent: bool,
+    keep_alive: u16,
+    /// QoS 1/2 forwards the client has acknowledged (PUBACK, PUBREC), counted by the reader.
+    acked: AtomicU64,
+    barrier: Barrier,
+    expected: Mutex<HashMap<u16, PendingAck>>,
+}
+
+impl Conn<'_> {
+    /// MQTT 3.1.1 section 3.1.2.10: 1.5 times the keep-alive; 0 turns the check off.
+    fn keep_alive_timeout(&self) -> Option<Duration> {
+        (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// Why a subscription to `filter` is refused, if it is.
+    fn refusal(&self, filter: &str) -> Option<&'static str> {
+        if filter.starts_with("$share/") {
+            // rumqttd 0.20's router panics when a persistent session leaves a group with
+            // messages in flight (`expect("group must exists")`).
+            return self.persistent.then_some(
+                "shared subscriptions ($share/...) need a clean session (clean_session = 1)",
+            );
+        }
+        if filter.starts_with('$') {
+            // The router disconnects a client that subscribes to a `$` filter; nothing is
+            // ever published on one here.
+            return Some("this broker has no $ topics");
+        }
+        None
+    }
+
+    fn expect(&self, pkid: u16, pending: PendingAck) {
+        self.lock_expected().insert(pkid, pending);
+    }
+
+    fn take_expected(&self, pkid: u16) -> Option<PendingAck> {
+        self.lock_expected().remove(&pkid)
+    }
+
+    fn lock_expected(&self) -> std::sync::MutexGuard<'_, HashMap<u16, PendingAck>> {
+        self.expected.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Serves one client connection from its first byte to its close.
+pub(crate) async fn serve<S>(hub: &Hub, mut stream: S, peer: SocketAddr, pending: Slot<'_>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(accepted) = handshake::accept(hub, &mut stream, peer).await else {
+        return;
+    };
+    drop(pending);
+    let router_id = sessions::router_id(&accepted.client_id).into_owned();
+    let claim = hub.sessions.claim(&router_id).await;
+    if claim.takeover.is_cancelled() {
+        return;
+    }
+    let request = LinkRequest {
+        client_id: router_id.clone(),
+        clean_session: accepted.clean_session,
+        dynamic_filters: false,
+    };
+    let mut link = match hub.router.link(request).await {
+        Ok(link) => link,
+        Err(e) => {
+            let violation = Violation {
+                reason: "the router did not accept the connection",
+                code: Some(ReturnCode::ServerUnavailable),
+            };
+            debug!(error = %e, "router refused a link");
+            handshake::refuse(hub, &mut stream, peer, &accepted.client_id, violation).await;
+            return;
+        }
+    };
+    let Some(Packet::ConnAck(connack, _)) = Option::<Packet>::from(link.connack.clone()) else {
+        return;
+    };
+    let saved = match (accepted.clean_session, connack.session_present) {
+        (false, true) => hub.sessions.take_saved(&router_id),
+        _ => {
+            hub.sessions.take_saved(&router_id);
+            None
+        }
+    };
+    let session_present = connack.session_present;
+    let mut hello = bytes::BytesMut::new();
+    if V4
+        .write(Packet::ConnAck(connack, None), &mut hello)
+        .is_err()
+        || stream.write_all(&hello).await.is_err()
+    {
+        leave(&mut link.tx);
+        return;
+    }
+    debug!(
+        client_id = accepted.client_id,
+        %peer,
+        username = accepted.username.as_deref().unwrap_or(""),
+        clean_session = accepted.clean_session,
+        keep_alive = accepted.keep_alive,
+        session_present,
+        "client connected"
+    );
+
+    let conn = Conn {
+        hub,
+        client_id: accepted.client_id,
+        peer,
+        persistent: !accepted.clean_session,
+        keep_alive: accepted.keep_alive,
+        acked: AtomicU64::new(0),
+        barrier: Barrier::default(),
+        expected: Mutex::new(HashMap::new()),
+    };
+    let mut delivery = saved.map(Delivery::restore).unwrap_or_default();
+    let subscribed: HashSet<String> = delivery.filters().map(str::to_owned).collect();
+    let (outbox_tx, mut outbox_rx) = mpsc::channel(OUTBOX);
+    let (read_half, write_half) = tokio::io::split(stream);
+    let close = {
+        let reader = reader::run(
+            &conn,
+            read_half,
+            accepted.rest,
+            &mut link.tx,
+            &outbox_tx,
+            subscribed,
+        );
+        let writer = writer::run(
+            &conn,
+            write_half,
+            &mut link.rx,
+            &mut outbox_rx,
+            &mut delivery,
+        );
+        tokio::select! {
+            close = reader => close,
+            close = writer => close,
+            () = claim.takeover.cancelled() => Close::TakenOver,
+            () = hub.cut_off.cancelled() => Close::ShutDown,
+        }
+    };
+    match &close {
+        Close::Disconnected | Close::SocketClosed | Close::ShutDown => {
+            debug!(client_id = conn.client_id, %peer, "{close}");
+        }
+        Close::RouterGone => hub.router_gone.cancel(),
+        _ => hub.log.warn(format_args!(
+            "disconnected client {:?} from {peer}: {close}",
+            conn.client_id
+        )),
+    }
+    if close.fires_will() {
+        if let Some(will) = accepted.will {
+            fire_will(hub, will);
+        }
+    }
+    leave(&mut link.tx);
+    if conn.persistent {
+        delivery.acknowledged(conn.acked.load(Ordering::Relaxed));
+        hub.sessions.save(&router_id, delivery.saved());
+    }
+    drop(accepted.slot);
+    drop(claim);
+}
+
+/// Publishes the client's will, unless its topic is a `$` topic (delivered to no one).
+fn fire_will(hub: &Hub, will: Will) {
+    if crate::packet::is_reserved_topic(&will.topic) {
+        return;
+    }
+    let mut message = vec![Message {
+        topic: will.topic,
+        payload: will.message,
+        retain: will.retain,
+    }];
+    if hub.ingest.submit(&mut message).is_err() {
+        hub.router_gone.cancel();
+    }
+}
+
+/// Tells the router the client has gone: without it the router keeps the link forever. A
+/// persistent session stays in the router (without its will, which we fire ourselves).
+fn leave(link: &mut rumqttd::local::LinkTx) {
+    let disconnect = Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
+    };
+    let _ = link
+        .send(Packet::Disconnect(disconnect, None))
+        .now_or_never();
+}

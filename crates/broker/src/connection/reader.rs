@@ -1,0 +1,377 @@
+//! Client to broker: reads the socket in batches, checks every packet whole, and hands each
+//! on. PUBLISH packets go to the router through the ingest link and are acknowledged by us
+//! (PUBACK, PUBREC/PUBCOMP) once handed on; SUBSCRIBE, UNSUBSCRIBE and the client's
+//! acknowledgements of what it receives go to the router over the client's own link;
+//! PINGREQ is answered here.
+//!
+//! Publishes wait behind a SUBSCRIBE or UNSUBSCRIBE the router has not answered yet, so that a
+//! client that subscribes and then publishes sees the router do the same, in that order; the
+//! reader keeps reading meanwhile, so acknowledgements the router may be waiting for still
+//! flow.
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use rumqttd::local::LinkTx;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{
+    Packet, PingResp, Protocol as _, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::sync::mpsc;
+
+use super::{Close, Conn, PendingAck};
+use crate::ingest::Message;
+use crate::packet::{self, FixedHeader};
+
+/// Bytes read from the socket at once, at most.
+const CHUNK: usize = 64 * 1024;
+
+/// Publishes that may wait behind an unanswered SUBSCRIBE before the reader stops reading.
+const MAX_HELD: usize = 10_000;
+
+/// A publish accepted from the client, waiting to be handed on and acknowledged.
+struct Accepted {
+    /// `None` for a message delivered to no one (a `$` topic, a QoS 2 resend).
+    message: Option<Message>,
+    qos: u8,
+    pkid: u16,
+}
+
+/// The reader's state between batches.
+struct Reader<'c, 'h> {
+    conn: &'c Conn<'h>,
+    /// Publishes not yet handed on, in the order they came.
+    held: VecDeque<Accepted>,
+    /// Packets for the router's link, this batch.
+    to_router: Vec<Packet>,
+    /// Messages for the ingest link, this batch.
+    to_ingest: Vec<Message>,
+    /// Encoded packets of ours for the client (acknowledgements), this batch.
+    replies: BytesMut,
+    /// QoS 2 packet ids received and not yet released (PUBREL): a resend is not delivered
+    /// twice.
+    qos2: HashSet<u16>,
+    /// Filters the client is subscribed to, as far as the router will have been told.
+    subscribed: HashSet<String>,
+    /// The topic of the last publish, shared by the messages that repeat it.
+    last_topic: Bytes,
+}
+
+/// Reads until the connection ends; returns why it ended.
+pub(super) async fn run<R: AsyncRead + Unpin>(
+    conn: &Conn<'_>,
+    mut socket: R,
+    mut buf: BytesMut,
+    link: &mut LinkTx,
+    outbox: &mpsc::Sender<Bytes>,
+    subscribed: HashSet<String>,
+) -> Close {
+    let mut reader = Reader {
+        conn,
+        held: VecDeque::new(),
+        to_router: Vec::new(),
+        to_ingest: Vec::new(),
+        replies: BytesMut::new(),
+        qos2: HashSet::new(),
+        subscribed,
+        last_topic: Bytes::new(),
+    };
+    let keep_alive = conn.keep_alive_timeout();
+    loop {
+        let verdict = reader.take_packets(&mut buf);
+        if let Err(close) = reader.hand_on(link, outbox).await {
+            return close;
+        }
+        let more = match verdict {
+            Ok(more) => more,
+            Err(close) => return close,
+        };
+        if more {
+            // A full batch: the buffer may hold more whole packets. Let others run first.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if reader.held.len() >= MAX_HELD {
+            // The router has not answered a SUBSCRIBE for a long time: stop reading until it
+            // does (it always does, unless the connection ends).
+            conn.barrier.lowered().await;
+            continue;
+        }
+        if buf.capacity() - buf.len() < CHUNK / 4 {
+            buf.reserve(CHUNK);
+        }
+        let waiting = !reader.held.is_empty();
+        tokio::select! {
+            read = read_some(&mut socket, &mut buf, keep_alive) => {
+                if let Err(close) = read {
+                    return close;
+                }
+            }
+            () = conn.barrier.lowered(), if waiting => {}
+        }
+    }
+}
+
+/// Reads what the socket has; the keep-alive deadline (1.5 times the client's) starts anew
+/// with every read.
+async fn read_some<R: AsyncRead + Unpin>(
+    socket: &mut R,
+    buf: &mut BytesMut,
+    keep_alive: Option<std::time::Duration>,
+) -> Result<(), Close> {
+    let read = match keep_alive {
+        Some(limit) => match tokio::time::timeout(limit, socket.read_buf(buf)).await {
+            Ok(read) => read,
+            Err(_) => return Err(Close::KeepAliveTimeout),
+        },
+        None => socket.read_buf(buf).await,
+    };
+    match read {
+        Ok(0) => Err(Close::SocketClosed),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Close::SocketError(e.kind())),
+    }
+}
+
+impl Reader<'_, '_> {
+    /// Takes whole packets out of `buf`, at most `read_batch` of them; returns whether it
+    /// stopped at that limit (more may be waiting). A packet that breaks a rule ends the
+    /// connection; the valid ones before it are still handed on.
+    fn take_packets(&mut self, buf: &mut BytesMut) -> Result<bool, Close> {
+        let limits = &self.conn.hub.limits;
+        for _ in 0..limits.read_batch {
+            let header = match packet::fixed_header(buf, limits.max_packet) {
+                Ok(Some(header)) if buf.len() >= header.frame_len() => header,
+                Ok(_) => return Ok(false),
+                Err(violation) => return Err(Close::Violation(violation.reason)),
+            };
+            let frame = buf.split_to(header.frame_len());
+            packet::check_packet(&header, &frame).map_err(|v| Close::Violation(v.reason))?;
+            self.take(&header, frame)?;
+        }
+        Ok(true)
+    }
+
+    fn take(&mut self, header: &FixedHeader, frame: BytesMut) -> Result<(), Close> {
+        match header.packet_type() {
+            3 => self.publish(header, &frame),
+            4 | 5 => {
+                // The client acknowledges a QoS 1/2 message we forwarded.
+                self.conn.acked.fetch_add(1, Ordering::Relaxed);
+                self.to_router.push(decode(frame)?);
+            }
+            7 => self.to_router.push(decode(frame)?),
+            6 => {
+                let pkid = u16::from_be_bytes([frame[2], frame[3]]);
+                self.qos2.remove(&pkid);
+                let pubcomp = PubComp {
+                    pkid,
+                    reason: PubCompReason::Success,
+                };
+                self.reply(Packet::PubComp(pubcomp, None))?;
+            }
+            8 => self.subscribe(decode(frame)?)?,
+            10 => self.unsubscribe(decode(frame)?)?,
+            12 => self.reply(Packet::PingResp(PingResp))?,
+            14 => return Err(Close::Disconnected),
+            // check_packet lets nothing else through.
+            _ => return Err(Close::Violation("unexpected packet type")),
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, header: &FixedHeader, frame: &[u8]) {
+        let Ok(fields) = packet::publish_fields(header, frame) else {
+            return;
+        };
+        let topic = &frame[fields.topic.clone()];
+        let deliver = if packet::is_reserved_topic(topic) {
+            self.conn
+                .hub
+                .stats
+                .reserved_topic
+                .fetch_add(1, Ordering::Relaxed);
+            false
+        } else {
+            // A QoS 2 resend of a message not yet released was delivered already.
+            fields.qos < 2 || self.qos2.insert(fields.pkid)
+        };
+        let message = deliver.then(|| {
+            if self.last_topic[..] != *topic {
+                self.last_topic = Bytes::copy_from_slice(topic);
+            }
+            Message {
+                topic: self.last_topic.clone(),
+                // A copy: a stored message must not pin the whole read buffer.
+                payload: Bytes::copy_from_slice(&frame[fields.payload]),
+                retain: fields.retain,
+            }
+        });
+        self.held.push_back(Accepted {
+            message,
+            qos: fields.qos,
+            pkid: fields.pkid,
+        });
+    }
+
+    /// Grants each filter or refuses it (0x80). Granted ones go to the router; the writer
+    /// completes the SUBACK with the refusals when the router's arrives.
+    fn subscribe(&mut self, packet: Packet) -> Result<(), Close> {
+        let Packet::Subscribe(mut subscribe, _) = packet else {
+            return Err(Close::Violation("malformed SUBSCRIBE"));
+        };
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut granted = Vec::with_capacity(subscribe.filters.len());
+        for filter in subscribe.filters.drain(..) {
+            match self.conn.refusal(&filter.path) {
+                Some(reason) => {
+                    self.conn.hub.log.warn(format_args!(
+                        "refused a subscription to {:?} of client {:?} from {}: {reason} (SUBACK 0x80)",
+                        filter.path, self.conn.client_id, self.conn.peer
+                    ));
+                    codes.push(Some(SubscribeReasonCode::Failure));
+                }
+                None => {
+                    codes.push(None);
+                    granted.push(filter);
+                }
+            }
+        }
+        if granted.is_empty() {
+            let suback = SubAck {
+                pkid: subscribe.pkid,
+                return_codes: codes.into_iter().flatten().collect(),
+            };
+            return self.reply(Packet::SubAck(suback, None));
+        }
+        self.before_barrier();
+        let filters = granted
+            .iter()
+            .map(|f| (f.path.clone(), f.qos as u8))
+            .collect();
+        self.subscribed
+            .extend(granted.iter().map(|f| f.path.clone()));
+        self.conn
+            .expect(subscribe.pkid, PendingAck::Subscribe { codes, filters });
+        subscribe.filters = granted;
+        self.to_router.push(Packet::Subscribe(subscribe, None));
+        Ok(())
+    }
+
+    /// Only filters the client holds go to the router, which answers each with an UNSUBACK of
+    /// its own; the writer passes on one. Without any, the UNSUBACK is ours (MQTT-3.10.4-5).
+    fn unsubscribe(&mut self, packet: Packet) -> Result<(), Close> {
+        let Packet::Unsubscribe(unsubscribe, _) = packet else {
+            return Err(Close::Violation("malformed UNSUBSCRIBE"));
+        };
+        let mut held = Vec::new();
+        for filter in &unsubscribe.filters {
+            if self.subscribed.remove(filter) {
+                held.push(filter.clone());
+            }
+        }
+        if held.is_empty() {
+            let unsuback = UnsubAck {
+                pkid: unsubscribe.pkid,
+                reasons: vec![UnsubAckReason::Success],
+            };
+            return self.reply(Packet::UnsubAck(unsuback, None));
+        }
+        self.before_barrier();
+        self.conn.expect(
+            unsubscribe.pkid,
+            PendingAck::Unsubscribe {
+                filters: held.clone(),
+                remaining: held.len(),
+            },
+        );
+        let unsubscribe = Unsubscribe {
+            pkid: unsubscribe.pkid,
+            filters: held,
+        };
+        self.to_router.push(Packet::Unsubscribe(unsubscribe, None));
+        Ok(())
+    }
+
+    /// Publishes that came before a SUBSCRIBE/UNSUBSCRIBE go to the router before it (unless
+    /// an earlier one still holds them), then the barrier goes up.
+    fn before_barrier(&mut self) {
+        if !self.conn.barrier.is_raised() {
+            self.release_held();
+        }
+        self.conn.barrier.raise();
+    }
+
+    /// Moves the held publishes to this batch's ingest and acknowledgements.
+    fn release_held(&mut self) {
+        while let Some(accepted) = self.held.pop_front() {
+            if let Some(message) = accepted.message {
+                self.to_ingest.push(message);
+            }
+            let ack = match accepted.qos {
+                1 => Packet::PubAck(
+                    PubAck {
+                        pkid: accepted.pkid,
+                        reason: PubAckReason::Success,
+                    },
+                    None,
+                ),
+                2 => Packet::PubRec(
+                    PubRec {
+                        pkid: accepted.pkid,
+                        reason: PubRecReason::Success,
+                    },
+                    None,
+                ),
+                _ => continue,
+            };
+            // Acknowledgements always encode.
+            let _ = V4.write(ack, &mut self.replies);
+        }
+    }
+
+    fn reply(&mut self, packet: Packet) -> Result<(), Close> {
+        V4.write(packet, &mut self.replies)
+            .map(drop)
+            .map_err(|_| Close::Violation("a reply could not be encoded"))
+    }
+
+    /// Hands this batch on: router packets, then the publishes (unless a SUBSCRIBE is still
+    /// unanswered), then our replies to the client.
+    async fn hand_on(
+        &mut self,
+        link: &mut LinkTx,
+        outbox: &mpsc::Sender<Bytes>,
+    ) -> Result<(), Close> {
+        if let Some(last) = self.to_router.pop() {
+            link.buffer().extend(self.to_router.drain(..));
+            // rumqttd's `send` never waits; it completes on its first poll.
+            if let Some(Err(_)) = link.send(last).now_or_never() {
+                return Err(Close::RouterGone);
+            }
+        }
+        if !self.conn.barrier.is_raised() {
+            self.release_held();
+        }
+        if !self.to_ingest.is_empty() && self.conn.hub.ingest.submit(&mut self.to_ingest).is_err() {
+            return Err(Close::RouterGone);
+        }
+        if !self.replies.is_empty() {
+            let replies = self.replies.split().freeze();
+            if outbox.send(replies).await.is_err() {
+                return Err(Close::WriterGone);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes one whole, checked frame with rumqttd's codec, which fills in what the router
+/// needs.
+fn decode(mut frame: BytesMut) -> Result<Packet, Close> {
+    V4.read_mut(&mut frame, usize::MAX)
+        .map_err(|_| Close::Violation("malformed packet"))
+}

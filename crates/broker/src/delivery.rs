@@ -1,0 +1,245 @@
+//! Where a subscriber stands in the router's logs. The router keeps one in-memory log per
+//! subscription filter, and every message it forwards carries its offset in the log it came
+//! from (`Forward::cursor`: offsets count messages). One subscriber's offsets in one log must
+//! follow each other; a jump means the router skipped messages the subscriber had not read
+//! (its log rolled over), and the broker counts them here, exactly, from what it forwards.
+//!
+//! Attribution needs to know which log a forward came from. It is certain when exactly one of
+//! the connection's ordinary filters matches the topic, which is the pipeline's case (one
+//! subscriber, one filter). Forwards that two of a connection's filters match, forwards through
+//! a `$share` group (the group reads the log as a whole, each member sees part of it) and
+//! retained messages (which come from outside the log) are not counted.
+
+use std::collections::VecDeque;
+
+use rumqttd::protocol::matches;
+
+/// A subscription of this connection and the next offset expected in its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sub {
+    id: u32,
+    filter: String,
+    /// A `$share/GROUP/...` subscription: matched on its inner filter, never counted.
+    shared: bool,
+    /// The offset the next forward from this log should carry; `None` before the first.
+    next: Option<u64>,
+}
+
+impl Sub {
+    fn inner_filter(&self) -> &str {
+        if self.shared {
+            shared_inner(&self.filter).unwrap_or(&self.filter)
+        } else {
+            &self.filter
+        }
+    }
+}
+
+fn shared_inner(filter: &str) -> Option<&str> {
+    filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(_, inner)| inner)
+}
+
+/// Messages the router skipped in one subscriber's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Skipped {
+    pub filter: String,
+    pub count: u64,
+}
+
+/// What a persistent session leaves behind: for each subscription, the offset the router will
+/// resume it at (the first message the client has not acknowledged).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Saved {
+    subs: Vec<(String, Option<u64>)>,
+}
+
+/// One connection's view of its subscriptions' logs.
+#[derive(Debug, Default)]
+pub(crate) struct Delivery {
+    subs: Vec<Sub>,
+    next_id: u32,
+    /// QoS 1/2 forwards the client has not acknowledged, oldest first: which subscription
+    /// each came through, if known, and its offset. Clients acknowledge in order (the router
+    /// disconnects those that do not), so a count of acknowledgements is enough.
+    inflight: VecDeque<(Option<u32>, Option<u64>)>,
+    /// Acknowledgements already taken off `inflight`.
+    acked: u64,
+}
+
+impl Delivery {
+    /// The delivery state of a persistent session that comes back.
+    pub(crate) fn restore(saved: Saved) -> Delivery {
+        let mut delivery = Delivery::default();
+        for (filter, next) in saved.subs {
+            delivery.subscribed(&filter);
+            if let Some(sub) = delivery.subs.last_mut() {
+                sub.next = next;
+            }
+        }
+        delivery
+    }
+
+    /// The router has granted `filter` (its SUBACK came).
+    pub(crate) fn subscribed(&mut self, filter: &str) {
+        if self.subs.iter().any(|s| s.filter == filter) {
+            return;
+        }
+        self.subs.push(Sub {
+            id: self.next_id,
+            filter: filter.to_owned(),
+            shared: shared_inner(filter).is_some(),
+            next: None,
+        });
+        self.next_id = self.next_id.wrapping_add(1);
+    }
+
+    /// The subscriptions, as the router holds them.
+    pub(crate) fn filters(&self) -> impl Iterator<Item = &str> {
+        self.subs.iter().map(|s| s.filter.as_str())
+    }
+
+    /// The router has removed `filter` (its UNSUBACK came).
+    pub(crate) fn unsubscribed(&mut self, filter: &str) {
+        self.subs.retain(|s| s.filter != filter);
+    }
+
+    /// Records one forward of a message on `topic` at `offset` (`None` for a retained
+    /// message), sent at `qos`. Returns what the router skipped before it, if anything.
+    pub(crate) fn forwarded(
+        &mut self,
+        topic: &[u8],
+        offset: Option<u64>,
+        qos: u8,
+    ) -> Option<Skipped> {
+        let sub = std::str::from_utf8(topic).ok().and_then(|topic| {
+            let mut candidates = self
+                .subs
+                .iter_mut()
+                .filter(|s| matches(topic, s.inner_filter()));
+            match (candidates.next(), candidates.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        });
+        let mut skipped = None;
+        let mut id = None;
+        if let (Some(sub), Some(offset)) = (sub, offset) {
+            id = Some(sub.id);
+            if !sub.shared {
+                if let Some(next) = sub.next {
+                    if offset > next {
+                        skipped = Some(Skipped {
+                            filter: sub.filter.clone(),
+                            count: offset - next,
+                        });
+                    }
+                }
+                sub.next = Some(sub.next.map_or(offset + 1, |next| next.max(offset + 1)));
+            }
+        }
+        if qos > 0 {
+            self.inflight.push_back((id, offset));
+        }
+        skipped
+    }
+
+    /// The client has acknowledged `total` QoS 1/2 forwards since the connection began.
+    pub(crate) fn acknowledged(&mut self, total: u64) {
+        while self.acked < total && self.inflight.pop_front().is_some() {
+            self.acked += 1;
+        }
+    }
+
+    /// Where the router will resume each subscription if the session comes back: at the
+    /// first message of its log the client has not acknowledged.
+    pub(crate) fn saved(&self) -> Saved {
+        let subs = self
+            .subs
+            .iter()
+            .map(|sub| {
+                let unacked = self
+                    .inflight
+                    .iter()
+                    .find(|(id, offset)| *id == Some(sub.id) && offset.is_some())
+                    .and_then(|(_, offset)| *offset);
+                (sub.filter.clone(), unacked.or(sub.next))
+            })
+            .collect();
+        Saved { subs }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_offsets_are_fine_and_a_jump_is_counted() {
+        let mut d = Delivery::default();
+        d.subscribed("sensors/#");
+        for offset in 0..10 {
+            assert_eq!(d.forwarded(b"sensors/data", Some(offset), 1), None);
+        }
+        let skipped = d.forwarded(b"sensors/data", Some(25), 1);
+        assert_eq!(
+            skipped,
+            Some(Skipped {
+                filter: "sensors/#".into(),
+                count: 15
+            })
+        );
+        assert_eq!(d.forwarded(b"sensors/data", Some(26), 1), None);
+    }
+
+    #[test]
+    fn ambiguous_shared_and_retained_forwards_are_not_counted() {
+        let mut d = Delivery::default();
+        d.subscribed("a/#");
+        d.subscribed("a/+");
+        d.subscribed("$share/g/b/#");
+        assert_eq!(d.forwarded(b"a/x", Some(0), 1), None);
+        assert_eq!(d.forwarded(b"a/x", Some(50), 1), None);
+        assert_eq!(d.forwarded(b"b/x", Some(0), 1), None);
+        assert_eq!(d.forwarded(b"b/x", Some(90), 1), None);
+        assert_eq!(d.forwarded(b"a/y/z", None, 1), None);
+        assert_eq!(d.inflight.len(), 5);
+    }
+
+    #[test]
+    fn a_session_resumes_at_its_first_unacknowledged_message() {
+        let mut d = Delivery::default();
+        d.subscribed("s/#");
+        for offset in 0..5 {
+            d.forwarded(b"s/1", Some(offset), 1);
+        }
+        d.acknowledged(2);
+        let saved = d.saved();
+        assert_eq!(saved.subs, vec![("s/#".to_owned(), Some(2))]);
+        // The router resends from offset 2: no loss. A later jump is a loss.
+        let mut back = Delivery::restore(saved);
+        assert_eq!(back.forwarded(b"s/1", Some(2), 1), None);
+        assert_eq!(back.forwarded(b"s/1", Some(3), 1), None);
+        let mut skipped_while_away = Delivery::restore(d.saved());
+        assert_eq!(
+            skipped_while_away
+                .forwarded(b"s/1", Some(7), 1)
+                .map(|s| s.count),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn qos0_forwards_need_no_acknowledgement() {
+        let mut d = Delivery::default();
+        d.subscribed("t");
+        d.forwarded(b"t", Some(0), 0);
+        d.forwarded(b"t", Some(1), 0);
+        assert!(d.inflight.is_empty());
+        assert_eq!(d.saved().subs, vec![("t".to_owned(), Some(2))]);
+        d.unsubscribed("t");
+        assert!(d.saved().subs.is_empty());
+    }
+}

@@ -1,0 +1,98 @@
+//! What every connection of one broker shares: the limits, the password file, the router and
+//! its ingest link, the registry of connected clients, and the broker's counters.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Users;
+use crate::ingest::Ingest;
+use crate::log;
+use crate::router::Router;
+use crate::sessions::Sessions;
+
+/// Limits every connection is held to, from the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// Largest packet "remaining length" a client may send.
+    pub max_packet: usize,
+    pub max_client_id: usize,
+    /// Time a new connection has to send its CONNECT.
+    pub connect_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    /// Pause after each accepted TCP connection.
+    pub next_connection_delay: Duration,
+    /// Packets decoded from one connection before they are handed on as one batch.
+    pub read_batch: usize,
+}
+
+/// The broker's counters, for its logs (and its metrics).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Clients past their CONNACK right now.
+    pub connected: AtomicUsize,
+    /// Sockets still in their handshake (TLS or CONNECT).
+    pub pending: AtomicUsize,
+    /// Messages the router skipped before a subscriber read them.
+    pub dropped: AtomicU64,
+    /// PUBLISH packets to `$` topics, acknowledged and delivered to no one.
+    pub reserved_topic: AtomicU64,
+}
+
+/// A counter held up by one connection; dropping it counts the connection out.
+#[derive(Debug)]
+pub(crate) struct Slot<'a>(&'a AtomicUsize);
+
+impl<'a> Slot<'a> {
+    /// Counts one more in `counter` unless it already holds `limit`.
+    pub(crate) fn take(counter: &'a AtomicUsize, limit: usize) -> Option<Slot<'a>> {
+        if counter.fetch_add(1, Ordering::AcqRel) >= limit {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(counter))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The shared state of one broker.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    pub limits: Limits,
+    pub users: Option<Arc<Users>>,
+    pub router: Router,
+    pub ingest: Ingest,
+    pub sessions: Sessions,
+    pub stats: Stats,
+    /// One WARN line per refused or disconnected client, rate-limited.
+    pub log: log::Budget,
+    /// Cancelled when the shutdown grace period ends: every connection closes now.
+    pub cut_off: CancellationToken,
+    /// Cancelled when a connection finds the router gone: the broker cannot go on.
+    pub router_gone: CancellationToken,
+}
+
+impl Hub {
+    /// Clients connected right now.
+    pub(crate) fn connected(&self) -> usize {
+        self.stats.connected.load(Ordering::Acquire)
+    }
+
+    /// Counts `count` messages the router skipped for a subscriber; returns the new total.
+    pub(crate) fn count_dropped(&self, count: u64) -> u64 {
+        self.stats.dropped.fetch_add(count, Ordering::Relaxed) + count
+    }
+
+    /// Messages skipped unread so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.stats.dropped.load(Ordering::Relaxed)
+    }
+}
