@@ -304,3 +304,59 @@ fn client_ids_with_characters_the_router_refuses_still_work() {
         Some(b"hello".to_vec())
     );
 }
+
+#[test]
+fn a_clean_session_gets_the_brokers_window_and_a_persistent_one_the_routers() {
+    let broker = Broker::start_with_config("[connections]\nmax_inflight_messages = 300\n");
+    let a = addr(&broker);
+    // Received, in order, without acknowledging any: how many come before the flow stops.
+    let unacknowledged = |client: &mut Client| {
+        let mut got = Vec::new();
+        while let Some(message) = client.next_message(Duration::from_millis(500)) {
+            got.push(message);
+            assert!(got.len() <= 1000, "more than was published");
+        }
+        got
+    };
+    let (mut clean, _) = Client::connect(a, &Options::new("window-clean"));
+    clean.subscribe(&[("window/clean", 1)]);
+    clean.acknowledge = false;
+    let (mut persistent, _) = Client::connect(a, &Options::new("window-persistent").persistent());
+    persistent.subscribe(&[("window/persistent", 1)]);
+    persistent.acknowledge = false;
+    let (mut publisher, _) = Client::connect(a, &Options::new("window-publisher"));
+    for i in 0..1000u32 {
+        publisher.publish("window/clean", &i.to_be_bytes(), 1, false);
+        publisher.publish("window/persistent", &i.to_be_bytes(), 1, false);
+    }
+    let got = unacknowledged(&mut clean);
+    assert_eq!(
+        got.len(),
+        300,
+        "max_inflight_messages ahead of the acknowledgements"
+    );
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, m)| m.payload == (i as u32).to_be_bytes()));
+    assert_eq!(
+        unacknowledged(&mut persistent).len(),
+        100,
+        "the router's window"
+    );
+
+    // Acknowledging lets the rest come, in order; acknowledgements may come in any order.
+    clean.acknowledge = true;
+    let mut next = 300u32;
+    for pkid in (101..=400u16).rev() {
+        clean.send(&support::hardening::packet(0x40, &pkid.to_be_bytes()));
+    }
+    while let Some(message) = clean.next_message(WAIT) {
+        assert_eq!(message.payload, next.to_be_bytes());
+        next += 1;
+        if next == 1000 {
+            break;
+        }
+    }
+    assert_eq!(next, 1000, "all 1000 arrived");
+}

@@ -18,6 +18,10 @@ pub const DEFAULT_PATH: &str = "config/broker.toml";
 /// MQTT's largest possible "remaining length" (the 4-byte variable length integer's maximum).
 const MQTT_MAX_PACKET: usize = 268_435_455;
 
+/// The largest `max_inflight_messages`: the broker's packet ids for them must fit beside the
+/// router's (1 to 100) in MQTT's 65535.
+const MAX_INFLIGHT_MESSAGES: usize = 60_000;
+
 /// Router connections beyond `max_connections`: the ingest link, and client links that are
 /// still leaving while their clients' successors arrive.
 const ROUTER_SPARE_LINKS: usize = 64;
@@ -54,8 +58,11 @@ pub struct ConnectionsConfig {
     pub connection_timeout_ms: u16,
     /// Largest accepted packet "remaining length" (topic + payload + headers), in bytes.
     pub max_payload_size: usize,
-    /// Packets read from one socket per batch (rumqttd's name; not the MQTT in-flight window).
-    pub max_inflight_count: usize,
+    /// Packets decoded from one connection before they are handed on as one batch.
+    #[serde(alias = "max_inflight_count")]
+    pub read_batch: usize,
+    /// QoS 1 messages sent to a clean-session client and not yet acknowledged, at most.
+    pub max_inflight_messages: usize,
     /// Maximum number of simultaneous client connections.
     pub max_connections: usize,
     /// Longest accepted MQTT client id, in bytes.
@@ -138,7 +145,8 @@ impl Default for ConnectionsConfig {
         ConnectionsConfig {
             connection_timeout_ms: 10_000,
             max_payload_size: 256 * 1024,
-            max_inflight_count: 100,
+            read_batch: 100,
+            max_inflight_messages: 1000,
             max_connections: 10_000,
             max_client_id_len: 256,
             shutdown_grace_ms: 5_000,
@@ -262,7 +270,7 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let c = &self.connections;
         let r = &self.router;
-        let checks: [(&'static str, u64, bool, &'static str); 10] = [
+        let checks: [(&'static str, u64, bool, &'static str); 11] = [
             (
                 "[connections] connection_timeout_ms",
                 u64::from(c.connection_timeout_ms),
@@ -276,10 +284,16 @@ impl BrokerConfig {
                 "must be between 1 and 268435455 (MQTT's largest packet)",
             ),
             (
-                "[connections] max_inflight_count",
-                c.max_inflight_count as u64,
-                c.max_inflight_count > 0,
+                "[connections] read_batch",
+                c.read_batch as u64,
+                c.read_batch > 0,
                 "must be at least 1",
+            ),
+            (
+                "[connections] max_inflight_messages",
+                c.max_inflight_messages as u64,
+                c.max_inflight_messages <= MAX_INFLIGHT_MESSAGES,
+                "must be at most 60000 (0: rumqttd's own window of 100)",
             ),
             (
                 "[connections] max_connections",
@@ -375,7 +389,8 @@ impl BrokerConfig {
             tls_handshake_timeout: Duration::from_millis(self.tls.handshake_timeout_ms),
             max_connections: c.max_connections,
             next_connection_delay: Duration::from_millis(self.listener.next_connection_delay_ms),
-            read_batch: c.max_inflight_count,
+            read_batch: c.read_batch,
+            max_inflight: c.max_inflight_messages,
         }
     }
 
@@ -554,7 +569,11 @@ mod tests {
             ),
             (
                 "[connections]\nmax_inflight_count = 0\n",
-                "[connections] max_inflight_count",
+                "[connections] read_batch",
+            ),
+            (
+                "[connections]\nmax_inflight_messages = 70000\n",
+                "[connections] max_inflight_messages",
             ),
             (
                 "[connections]\nmax_connections = 0\n",
@@ -581,6 +600,7 @@ mod tests {
         let limits = BrokerConfig::default().limits();
         assert_eq!(limits.max_packet, 256 * 1024);
         assert_eq!(limits.read_batch, 100);
+        assert_eq!(limits.max_inflight, 1000);
     }
 
     #[test]

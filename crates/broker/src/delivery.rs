@@ -61,9 +61,9 @@ pub(crate) struct Saved {
 pub(crate) struct Delivery {
     subs: Vec<Sub>,
     next_id: u32,
-    /// QoS 1/2 forwards the client has not acknowledged, oldest first: which subscription
-    /// each came through, if known, and its offset. Clients acknowledge in order (the router
-    /// disconnects those that do not), so a count of acknowledgements is enough.
+    /// Forwards the router waits for the client to acknowledge, oldest first: which
+    /// subscription each came through, if known, and its offset. Those acknowledgements come
+    /// in order (the router disconnects a client whose do not), so a count is enough.
     inflight: VecDeque<(Option<u32>, Option<u64>)>,
     /// Acknowledgements already taken off `inflight`.
     acked: u64,
@@ -107,12 +107,13 @@ impl Delivery {
     }
 
     /// Records one forward of a message on `topic` at `offset` (`None` for a retained
-    /// message), sent at `qos`. Returns what the router skipped before it, if anything.
+    /// message); `awaits_ack` if the router waits for the client's acknowledgement of it.
+    /// Returns what the router skipped before it, if anything.
     pub(crate) fn forwarded(
         &mut self,
         topic: &[u8],
         offset: Option<u64>,
-        qos: u8,
+        awaits_ack: bool,
     ) -> Option<Skipped> {
         let sub = std::str::from_utf8(topic).ok().and_then(|topic| {
             let mut candidates = self
@@ -140,7 +141,7 @@ impl Delivery {
                 sub.next = Some(sub.next.map_or(offset + 1, |next| next.max(offset + 1)));
             }
         }
-        if qos > 0 {
+        if awaits_ack {
             self.inflight.push_back((id, offset));
         }
         skipped
@@ -181,9 +182,9 @@ mod tests {
         let mut d = Delivery::default();
         d.subscribed("sensors/#");
         for offset in 0..10 {
-            assert_eq!(d.forwarded(b"sensors/data", Some(offset), 1), None);
+            assert_eq!(d.forwarded(b"sensors/data", Some(offset), true), None);
         }
-        let skipped = d.forwarded(b"sensors/data", Some(25), 1);
+        let skipped = d.forwarded(b"sensors/data", Some(25), true);
         assert_eq!(
             skipped,
             Some(Skipped {
@@ -191,7 +192,7 @@ mod tests {
                 count: 15
             })
         );
-        assert_eq!(d.forwarded(b"sensors/data", Some(26), 1), None);
+        assert_eq!(d.forwarded(b"sensors/data", Some(26), true), None);
     }
 
     #[test]
@@ -200,11 +201,11 @@ mod tests {
         d.subscribed("a/#");
         d.subscribed("a/+");
         d.subscribed("$share/g/b/#");
-        assert_eq!(d.forwarded(b"a/x", Some(0), 1), None);
-        assert_eq!(d.forwarded(b"a/x", Some(50), 1), None);
-        assert_eq!(d.forwarded(b"b/x", Some(0), 1), None);
-        assert_eq!(d.forwarded(b"b/x", Some(90), 1), None);
-        assert_eq!(d.forwarded(b"a/y/z", None, 1), None);
+        assert_eq!(d.forwarded(b"a/x", Some(0), true), None);
+        assert_eq!(d.forwarded(b"a/x", Some(50), true), None);
+        assert_eq!(d.forwarded(b"b/x", Some(0), true), None);
+        assert_eq!(d.forwarded(b"b/x", Some(90), true), None);
+        assert_eq!(d.forwarded(b"a/y/z", None, true), None);
         assert_eq!(d.inflight.len(), 5);
     }
 
@@ -213,30 +214,30 @@ mod tests {
         let mut d = Delivery::default();
         d.subscribed("s/#");
         for offset in 0..5 {
-            d.forwarded(b"s/1", Some(offset), 1);
+            d.forwarded(b"s/1", Some(offset), true);
         }
         d.acknowledged(2);
         let saved = d.saved();
         assert_eq!(saved.subs, vec![("s/#".to_owned(), Some(2))]);
         // The router resends from offset 2: no loss. A later jump is a loss.
         let mut back = Delivery::restore(saved);
-        assert_eq!(back.forwarded(b"s/1", Some(2), 1), None);
-        assert_eq!(back.forwarded(b"s/1", Some(3), 1), None);
+        assert_eq!(back.forwarded(b"s/1", Some(2), true), None);
+        assert_eq!(back.forwarded(b"s/1", Some(3), true), None);
         let mut skipped_while_away = Delivery::restore(d.saved());
         assert_eq!(
             skipped_while_away
-                .forwarded(b"s/1", Some(7), 1)
+                .forwarded(b"s/1", Some(7), true)
                 .map(|s| s.count),
             Some(5)
         );
     }
 
     #[test]
-    fn qos0_forwards_need_no_acknowledgement() {
+    fn forwards_the_router_does_not_wait_for_leave_nothing_in_flight() {
         let mut d = Delivery::default();
         d.subscribed("t");
-        d.forwarded(b"t", Some(0), 0);
-        d.forwarded(b"t", Some(1), 0);
+        d.forwarded(b"t", Some(0), false);
+        d.forwarded(b"t", Some(1), false);
         assert!(d.inflight.is_empty());
         assert_eq!(d.saved().subs, vec![("t".to_owned(), Some(2))]);
         d.unsubscribed("t");

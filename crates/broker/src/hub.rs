@@ -27,6 +27,8 @@ pub(crate) struct Limits {
     pub next_connection_delay: Duration,
     /// Packets decoded from one connection before they are handed on as one batch.
     pub read_batch: usize,
+    /// The outgoing QoS 1 window toward a clean-session client (0: the router's own).
+    pub max_inflight: usize,
 }
 
 /// The broker's counters, for its logs (and its metrics).

@@ -76,8 +76,7 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
     }
     config.connections.max_connections = fit_open_file_limit(config.connections.max_connections);
     tracing::info!(config = %source, "starting");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_name("mqtt-net")
         .enable_all()
         .build()

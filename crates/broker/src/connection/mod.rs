@@ -9,6 +9,7 @@
 
 mod handshake;
 mod reader;
+mod window;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
@@ -32,11 +33,22 @@ use crate::ingest::Message;
 use crate::packet::{ReturnCode, Violation};
 use crate::router::LinkRequest;
 use crate::sessions;
+use rumqttd::local::LinkTx;
+use window::Window;
 
 pub(crate) use handshake::Will;
 
 /// Chunks of replies the reader may queue for the writer.
 const OUTBOX: usize = 64;
+
+/// What the reader passes the writer.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// Encoded packets of ours for the client (acknowledgements, PINGRESP, refusals).
+    Bytes(bytes::Bytes),
+    /// The client acknowledged these messages sent under the broker's window.
+    Acked(Vec<u16>),
+}
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +148,9 @@ impl Barrier {
 /// What both halves of one connection share.
 pub(crate) struct Conn<'h> {
     hub: &'h Hub,
+    /// The client's link to the router: the reader sends the client's packets, the writer
+    /// its acknowledgements under the broker's window.
+    link: Mutex<LinkTx>,
     client_id: String,
     peer: SocketAddr,
     persistent: bool,
@@ -179,6 +194,33 @@ impl Conn<'_> {
 
     fn lock_expected(&self) -> std::sync::MutexGuard<'_, HashMap<u16, PendingAck>> {
         self.expected.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands `packets` to the router on the client's link, with one wake-up.
+    fn to_router(&self, packets: impl IntoIterator<Item = Packet>) -> Result<(), Close> {
+        let mut packets = packets.into_iter().peekable();
+        if packets.peek().is_none() {
+            return Ok(());
+        }
+        let mut link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = None;
+        {
+            let mut buffer = link.buffer();
+            for packet in packets {
+                if let Some(previous) = last.replace(packet) {
+                    buffer.push_back(previous);
+                }
+            }
+        }
+        let Some(last) = last else {
+            return Ok(());
+        };
+        // rumqttd's `send` appends and wakes the router; it never waits, so it completes on
+        // its first poll.
+        match link.send(last).now_or_never() {
+            Some(Err(_)) => Err(Close::RouterGone),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -230,7 +272,7 @@ where
         .is_err()
         || stream.write_all(&hello).await.is_err()
     {
-        leave(&mut link.tx);
+        let _ = link.tx.send(disconnect()).now_or_never();
         return;
     }
     debug!(
@@ -245,6 +287,7 @@ where
 
     let conn = Conn {
         hub,
+        link: Mutex::new(link.tx),
         client_id: accepted.client_id,
         peer,
         persistent: !accepted.clean_session,
@@ -255,24 +298,13 @@ where
     };
     let mut delivery = saved.map(Delivery::restore).unwrap_or_default();
     let subscribed: HashSet<String> = delivery.filters().map(str::to_owned).collect();
+    let window = Window::new(hub.limits.max_inflight, accepted.clean_session);
     let (outbox_tx, mut outbox_rx) = mpsc::channel(OUTBOX);
     let (read_half, write_half) = tokio::io::split(stream);
     let close = {
-        let reader = reader::run(
-            &conn,
-            read_half,
-            accepted.rest,
-            &mut link.tx,
-            &outbox_tx,
-            subscribed,
-        );
-        let writer = writer::run(
-            &conn,
-            write_half,
-            &mut link.rx,
-            &mut outbox_rx,
-            &mut delivery,
-        );
+        let mut writer = writer::Writer::new(&mut delivery, window);
+        let reader = reader::run(&conn, read_half, accepted.rest, &outbox_tx, subscribed);
+        let writer = writer::run(&conn, write_half, &mut link.rx, &mut outbox_rx, &mut writer);
         tokio::select! {
             close = reader => close,
             close = writer => close,
@@ -295,7 +327,7 @@ where
             fire_will(hub, will);
         }
     }
-    leave(&mut link.tx);
+    leave(&conn);
     if conn.persistent {
         delivery.acknowledged(conn.acked.load(Ordering::Relaxed));
         hub.sessions.save(&router_id, delivery.saved());
@@ -321,11 +353,13 @@ fn fire_will(hub: &Hub, will: Will) {
 
 /// Tells the router the client has gone: without it the router keeps the link forever. A
 /// persistent session stays in the router (without its will, which we fire ourselves).
-fn leave(link: &mut rumqttd::local::LinkTx) {
+fn leave(conn: &Conn<'_>) {
+    let _ = conn.to_router([disconnect()]);
+}
+
+fn disconnect() -> Packet {
     let disconnect = Disconnect {
         reason_code: DisconnectReasonCode::NormalDisconnection,
     };
-    let _ = link
-        .send(Packet::Disconnect(disconnect, None))
-        .now_or_never();
+    Packet::Disconnect(disconnect, None)
 }

@@ -10,8 +10,6 @@
 //! flow.
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt as _;
-use rumqttd::local::LinkTx;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{
     Packet, PingResp, Protocol as _, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
@@ -22,7 +20,7 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::mpsc;
 
-use super::{Close, Conn, PendingAck};
+use super::{window, Close, Conn, Outbound, PendingAck};
 use crate::ingest::Message;
 use crate::packet::{self, FixedHeader};
 
@@ -51,6 +49,8 @@ struct Reader<'c, 'h> {
     to_ingest: Vec<Message>,
     /// Encoded packets of ours for the client (acknowledgements), this batch.
     replies: BytesMut,
+    /// The client's acknowledgements of messages sent under the broker's window, this batch.
+    window_acks: Vec<u16>,
     /// QoS 2 packet ids received and not yet released (PUBREL): a resend is not delivered
     /// twice.
     qos2: HashSet<u16>,
@@ -65,8 +65,7 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
     conn: &Conn<'_>,
     mut socket: R,
     mut buf: BytesMut,
-    link: &mut LinkTx,
-    outbox: &mpsc::Sender<Bytes>,
+    outbox: &mpsc::Sender<Outbound>,
     subscribed: HashSet<String>,
 ) -> Close {
     let mut reader = Reader {
@@ -75,6 +74,7 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
         to_router: Vec::new(),
         to_ingest: Vec::new(),
         replies: BytesMut::new(),
+        window_acks: Vec::new(),
         qos2: HashSet::new(),
         subscribed,
         last_topic: Bytes::new(),
@@ -82,7 +82,7 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
     let keep_alive = conn.keep_alive_timeout();
     loop {
         let verdict = reader.take_packets(&mut buf);
-        if let Err(close) = reader.hand_on(link, outbox).await {
+        if let Err(close) = reader.hand_on(outbox).await {
             return close;
         }
         let more = match verdict {
@@ -158,8 +158,13 @@ impl Reader<'_, '_> {
     fn take(&mut self, header: &FixedHeader, frame: BytesMut) -> Result<(), Close> {
         match header.packet_type() {
             3 => self.publish(header, &frame),
+            4 if window::is_ours(u16::from_be_bytes([frame[2], frame[3]])) => {
+                // A message sent under the broker's window: the router had its ack already.
+                self.window_acks
+                    .push(u16::from_be_bytes([frame[2], frame[3]]));
+            }
             4 | 5 => {
-                // The client acknowledges a QoS 1/2 message we forwarded.
+                // The client acknowledges a QoS 1/2 message the router forwarded.
                 self.conn.acked.fetch_add(1, Ordering::Relaxed);
                 self.to_router.push(decode(frame)?);
             }
@@ -341,18 +346,8 @@ impl Reader<'_, '_> {
 
     /// Hands this batch on: router packets, then the publishes (unless a SUBSCRIBE is still
     /// unanswered), then our replies to the client.
-    async fn hand_on(
-        &mut self,
-        link: &mut LinkTx,
-        outbox: &mpsc::Sender<Bytes>,
-    ) -> Result<(), Close> {
-        if let Some(last) = self.to_router.pop() {
-            link.buffer().extend(self.to_router.drain(..));
-            // rumqttd's `send` never waits; it completes on its first poll.
-            if let Some(Err(_)) = link.send(last).now_or_never() {
-                return Err(Close::RouterGone);
-            }
-        }
+    async fn hand_on(&mut self, outbox: &mpsc::Sender<Outbound>) -> Result<(), Close> {
+        self.conn.to_router(self.to_router.drain(..))?;
         if !self.conn.barrier.is_raised() {
             self.release_held();
         }
@@ -360,8 +355,14 @@ impl Reader<'_, '_> {
             return Err(Close::RouterGone);
         }
         if !self.replies.is_empty() {
-            let replies = self.replies.split().freeze();
+            let replies = Outbound::Bytes(self.replies.split().freeze());
             if outbox.send(replies).await.is_err() {
+                return Err(Close::WriterGone);
+            }
+        }
+        if !self.window_acks.is_empty() {
+            let acks = Outbound::Acked(std::mem::take(&mut self.window_acks));
+            if outbox.send(acks).await.is_err() {
                 return Err(Close::WriterGone);
             }
         }
