@@ -36,6 +36,30 @@ pub struct BrokerConfig {
     pub router: RouterConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    pub flow: FlowSettings,
+}
+
+/// `[flow]`: how slow subscribers slow publishers down instead of losing messages.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowSettings {
+    /// Hold publishers back (unacknowledged) rather than let a log drop what a subscriber
+    /// has not read.
+    pub hold: bool,
+    /// How long an offline persistent session may hold publishers back, in seconds.
+    pub offline_hold_s: u64,
+    /// Bytes of held-back publishes one client may have before it is disconnected.
+    pub max_parked_bytes: usize,
+}
+
+impl Default for FlowSettings {
+    fn default() -> Self {
+        FlowSettings {
+            hold: true,
+            offline_hold_s: 30,
+            max_parked_bytes: 16 * 1024 * 1024,
+        }
+    }
 }
 
 /// `[listener]`: where the MQTT 3.1.1 TCP listener binds.
@@ -168,8 +192,8 @@ impl Default for TlsConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 3,
             max_outgoing_packet_count: 200,
             shared_subscriptions_strategy: SharedStrategy::RoundRobin,
         }
@@ -270,7 +294,7 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let c = &self.connections;
         let r = &self.router;
-        let checks: [(&'static str, u64, bool, &'static str); 11] = [
+        let checks: [(&'static str, u64, bool, &'static str); 13] = [
             (
                 "[connections] connection_timeout_ms",
                 u64::from(c.connection_timeout_ms),
@@ -332,6 +356,18 @@ impl BrokerConfig {
                 "must be at least 1 (rumqttd panics on 0)",
             ),
             (
+                "[flow] offline_hold_s",
+                self.flow.offline_hold_s,
+                self.flow.offline_hold_s <= 86_400,
+                "must be at most 86400 (a day)",
+            ),
+            (
+                "[flow] max_parked_bytes",
+                self.flow.max_parked_bytes as u64,
+                self.flow.max_parked_bytes >= c.max_payload_size,
+                "must be at least [connections] max_payload_size (one whole publish)",
+            ),
+            (
                 "[router] max_outgoing_packet_count",
                 r.max_outgoing_packet_count,
                 r.max_outgoing_packet_count > 0,
@@ -391,6 +427,23 @@ impl BrokerConfig {
             next_connection_delay: Duration::from_millis(self.listener.next_connection_delay_ms),
             read_batch: c.read_batch,
             max_inflight: c.max_inflight_messages,
+        }
+    }
+
+    /// How flow control mirrors the router's logs and what it holds.
+    pub(crate) fn flow_config(&self) -> crate::flow::FlowConfig {
+        crate::flow::FlowConfig {
+            hold: self.flow.hold,
+            offline_hold: Duration::from_secs(self.flow.offline_hold_s),
+            max_segment_size: self.router.max_segment_size as u64,
+            max_segment_count: self.router.max_segment_count,
+        }
+    }
+
+    /// What one client may have held back.
+    pub(crate) fn flow_limits(&self) -> crate::hub::FlowLimits {
+        crate::hub::FlowLimits {
+            max_parked_bytes: self.flow.max_parked_bytes,
         }
     }
 
@@ -594,8 +647,8 @@ mod tests {
     #[test]
     fn maps_onto_the_routers_configuration() {
         let r = BrokerConfig::default().router_config();
-        assert_eq!(r.max_segment_count, 10);
-        assert_eq!(r.max_segment_size, 100 * 1024 * 1024);
+        assert_eq!(r.max_segment_count, 3);
+        assert_eq!(r.max_segment_size, 1024 * 1024);
         assert!(r.max_connections > 10_000);
         let limits = BrokerConfig::default().limits();
         assert_eq!(limits.max_packet, 256 * 1024);

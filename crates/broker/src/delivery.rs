@@ -23,6 +23,13 @@ struct Sub {
     shared: bool,
     /// The offset the next forward from this log should carry; `None` before the first.
     next: Option<u64>,
+    /// Its position moved since flow control was last told.
+    moved: bool,
+    /// Two of the connection's filters matched one forward: this one's position cannot be
+    /// followed.
+    ambiguous: bool,
+    /// Flow control has been told it is ambiguous.
+    ambiguity_told: bool,
 }
 
 impl Sub {
@@ -59,6 +66,9 @@ pub(crate) struct Saved {
 /// One connection's view of its subscriptions' logs.
 #[derive(Debug, Default)]
 pub(crate) struct Delivery {
+    /// A persistent session: the router rereads its unacknowledged messages from the log when
+    /// it comes back, so they count as unread.
+    persistent: bool,
     subs: Vec<Sub>,
     next_id: u32,
     /// Forwards the router waits for the client to acknowledge, oldest first: which
@@ -70,9 +80,17 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
+    /// A new connection's, clean or persistent.
+    pub(crate) fn new(persistent: bool) -> Delivery {
+        Delivery {
+            persistent,
+            ..Delivery::default()
+        }
+    }
+
     /// The delivery state of a persistent session that comes back.
     pub(crate) fn restore(saved: Saved) -> Delivery {
-        let mut delivery = Delivery::default();
+        let mut delivery = Delivery::new(true);
         for (filter, next) in saved.subs {
             delivery.subscribed(&filter);
             if let Some(sub) = delivery.subs.last_mut() {
@@ -92,6 +110,9 @@ impl Delivery {
             filter: filter.to_owned(),
             shared: shared_inner(filter).is_some(),
             next: None,
+            moved: false,
+            ambiguous: false,
+            ambiguity_told: false,
         });
         self.next_id = self.next_id.wrapping_add(1);
     }
@@ -115,20 +136,28 @@ impl Delivery {
         offset: Option<u64>,
         awaits_ack: bool,
     ) -> Option<Skipped> {
-        let sub = std::str::from_utf8(topic).ok().and_then(|topic| {
-            let mut candidates = self
+        let mut candidates: Vec<usize> = match std::str::from_utf8(topic) {
+            Ok(topic) => self
                 .subs
-                .iter_mut()
-                .filter(|s| matches(topic, s.inner_filter()));
-            match (candidates.next(), candidates.next()) {
-                (Some(only), None) => Some(only),
-                _ => None,
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| matches(topic, s.inner_filter()))
+                .map(|(i, _)| i)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if candidates.len() > 1 {
+            for &i in &candidates {
+                self.subs[i].ambiguous = true;
             }
-        });
+            candidates.clear();
+        }
         let mut skipped = None;
         let mut id = None;
-        if let (Some(sub), Some(offset)) = (sub, offset) {
+        if let (Some(&i), Some(offset)) = (candidates.first(), offset) {
+            let sub = &mut self.subs[i];
             id = Some(sub.id);
+            sub.moved = true;
             if !sub.shared {
                 if let Some(next) = sub.next {
                     if offset > next {
@@ -138,8 +167,8 @@ impl Delivery {
                         });
                     }
                 }
-                sub.next = Some(sub.next.map_or(offset + 1, |next| next.max(offset + 1)));
             }
+            sub.next = Some(sub.next.map_or(offset + 1, |next| next.max(offset + 1)));
         }
         if awaits_ack {
             self.inflight.push_back((id, offset));
@@ -149,9 +178,57 @@ impl Delivery {
 
     /// The client has acknowledged `total` QoS 1/2 forwards since the connection began.
     pub(crate) fn acknowledged(&mut self, total: u64) {
-        while self.acked < total && self.inflight.pop_front().is_some() {
+        while self.acked < total {
+            let Some((id, _)) = self.inflight.pop_front() else {
+                break;
+            };
             self.acked += 1;
+            if let Some(sub) = self.subs.iter_mut().find(|s| Some(s.id) == id) {
+                sub.moved = true;
+            }
         }
+    }
+
+    /// The router's position in each log whose position moved since last asked: the first
+    /// message it would read again, were the client to go now (its first unacknowledged one,
+    /// or the next one). Flow control holds publishers for it.
+    pub(crate) fn take_moved(&mut self) -> Vec<(String, u64)> {
+        let mut moved = Vec::new();
+        for i in 0..self.subs.len() {
+            if self.subs[i].moved && !self.subs[i].ambiguous {
+                self.subs[i].moved = false;
+                if let Some(position) = self.position(&self.subs[i]) {
+                    moved.push((self.subs[i].filter.clone(), position));
+                }
+            }
+        }
+        moved
+    }
+
+    /// Subscriptions found ambiguous since last asked (their positions cannot be followed).
+    pub(crate) fn take_ambiguous(&mut self) -> Vec<String> {
+        let mut found = Vec::new();
+        for sub in &mut self.subs {
+            if sub.ambiguous && !sub.ambiguity_told {
+                sub.ambiguity_told = true;
+                found.push(sub.filter.clone());
+            }
+        }
+        found
+    }
+
+    fn position(&self, sub: &Sub) -> Option<u64> {
+        // A clean session's unacknowledged messages go with it; a share group's cursor never
+        // goes back.
+        if !self.persistent || sub.shared {
+            return sub.next;
+        }
+        let unacked = self
+            .inflight
+            .iter()
+            .find(|(id, offset)| *id == Some(sub.id) && offset.is_some())
+            .and_then(|(_, offset)| *offset);
+        unacked.or(sub.next)
     }
 
     /// Where the router will resume each subscription if the session comes back: at the
@@ -160,16 +237,16 @@ impl Delivery {
         let subs = self
             .subs
             .iter()
-            .map(|sub| {
-                let unacked = self
-                    .inflight
-                    .iter()
-                    .find(|(id, offset)| *id == Some(sub.id) && offset.is_some())
-                    .and_then(|(_, offset)| *offset);
-                (sub.filter.clone(), unacked.or(sub.next))
-            })
+            .map(|sub| (sub.filter.clone(), self.position(sub)))
             .collect();
         Saved { subs }
+    }
+}
+
+impl Saved {
+    /// Each subscription and where the router resumes it (if known).
+    pub(crate) fn positions(&self) -> impl Iterator<Item = (&str, Option<u64>)> {
+        self.subs.iter().map(|(filter, next)| (filter.as_str(), *next))
     }
 }
 
@@ -207,11 +284,25 @@ mod tests {
         assert_eq!(d.forwarded(b"b/x", Some(90), true), None);
         assert_eq!(d.forwarded(b"a/y/z", None, true), None);
         assert_eq!(d.inflight.len(), 5);
+        let mut ambiguous = d.take_ambiguous();
+        ambiguous.sort();
+        assert_eq!(ambiguous, ["a/#", "a/+"]);
+        // The shared one moves (its group's position), the ambiguous ones are not reported.
+        assert_eq!(d.take_moved(), vec![("$share/g/b/#".to_owned(), 91)]);
+    }
+
+    #[test]
+    fn a_clean_sessions_position_is_what_was_forwarded() {
+        let mut d = Delivery::new(false);
+        d.subscribed("t");
+        d.forwarded(b"t", Some(0), true);
+        d.forwarded(b"t", Some(1), true);
+        assert_eq!(d.take_moved(), vec![("t".to_owned(), 2)]);
     }
 
     #[test]
     fn a_session_resumes_at_its_first_unacknowledged_message() {
-        let mut d = Delivery::default();
+        let mut d = Delivery::new(true);
         d.subscribed("s/#");
         for offset in 0..5 {
             d.forwarded(b"s/1", Some(offset), true);
@@ -230,6 +321,21 @@ mod tests {
                 .map(|s| s.count),
             Some(5)
         );
+    }
+
+    #[test]
+    fn the_routers_position_is_the_first_unacknowledged_message() {
+        let mut d = Delivery::new(true);
+        d.subscribed("t");
+        for offset in 0..3 {
+            d.forwarded(b"t", Some(offset), true);
+        }
+        assert_eq!(d.take_moved(), vec![("t".to_owned(), 0)]);
+        assert!(d.take_moved().is_empty(), "nothing moved since");
+        d.acknowledged(2);
+        assert_eq!(d.take_moved(), vec![("t".to_owned(), 2)]);
+        d.acknowledged(3);
+        assert_eq!(d.take_moved(), vec![("t".to_owned(), 3)]);
     }
 
     #[test]

@@ -2,14 +2,16 @@
 //! its ingest link, the registry of connected clients, and the broker's counters.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Users;
+use crate::flow::Flow;
 use crate::ingest::Ingest;
 use crate::log;
+use crate::retained::RetainedStore;
 use crate::router::Router;
 use crate::sessions::Sessions;
 
@@ -42,6 +44,19 @@ pub(crate) struct Stats {
     pub dropped: AtomicU64,
     /// PUBLISH packets to `$` topics, acknowledged and delivered to no one.
     pub reserved_topic: AtomicU64,
+    /// Publishes no subscription matched (MQTT delivers them to no one).
+    pub no_subscriber: AtomicU64,
+    /// QoS 0 publishes dropped while flow control held their publisher.
+    pub qos0_dropped: AtomicU64,
+    /// Time publishers were held by flow control, summed over publishers, in microseconds.
+    pub held_micros: AtomicU64,
+}
+
+/// Limits on what flow control may hold back.
+#[derive(Debug, Clone)]
+pub(crate) struct FlowLimits {
+    /// Bytes of publishes one client may have held back before it is disconnected.
+    pub max_parked_bytes: usize,
 }
 
 /// A counter held up by one connection; dropping it counts the connection out.
@@ -69,9 +84,14 @@ impl Drop for Slot<'_> {
 #[derive(Debug)]
 pub(crate) struct Hub {
     pub limits: Limits,
+    pub flow_limits: FlowLimits,
     pub users: Option<Arc<Users>>,
     pub router: Router,
     pub ingest: Ingest,
+    /// The mirror of the router's logs and their readers (see `flow`). Appends to it and to
+    /// the router happen under this lock, in one order.
+    pub flow: Mutex<Flow>,
+    pub retained: RetainedStore,
     pub sessions: Sessions,
     pub stats: Stats,
     /// One WARN line per refused or disconnected client, rate-limited.
@@ -96,5 +116,20 @@ impl Hub {
     /// Messages skipped unread so far.
     pub(crate) fn dropped(&self) -> u64 {
         self.stats.dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn lock_flow(&self) -> MutexGuard<'_, Flow> {
+        self.flow.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts time a publisher was held by flow control.
+    pub(crate) fn count_held(&self, held: Duration) {
+        let micros = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+        self.stats.held_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Time publishers were held by flow control, summed over publishers.
+    pub(crate) fn held(&self) -> Duration {
+        Duration::from_micros(self.stats.held_micros.load(Ordering::Relaxed))
     }
 }

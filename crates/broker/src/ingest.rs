@@ -36,12 +36,19 @@ impl std::fmt::Debug for Ingest {
     }
 }
 
-/// One message for the router.
+/// One message for the router. Retained messages are the broker's (see `retained`): the
+/// router only ever sees publishes to deliver.
 #[derive(Debug, Clone)]
 pub(crate) struct Message {
     pub topic: Bytes,
     pub payload: Bytes,
-    pub retain: bool,
+}
+
+impl Message {
+    /// What the router counts for it against a log segment's size: 4 + topic + payload.
+    pub(crate) fn counted_size(&self) -> u64 {
+        (4 + self.topic.len() + self.payload.len()) as u64
+    }
 }
 
 impl Ingest {
@@ -66,7 +73,7 @@ impl Ingest {
     pub(crate) fn submit(&self, messages: &mut Vec<Message>) -> Result<(), RouterGone> {
         let mut packets: Vec<Packet> = messages
             .drain(..)
-            .map(|m| Packet::Publish(Publish::new(m.topic, m.payload, m.retain), None))
+            .map(|m| Packet::Publish(Publish::new(m.topic, m.payload, false), None))
             .collect();
         let Some(last) = packets.pop() else {
             return Ok(());

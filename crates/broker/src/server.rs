@@ -4,8 +4,8 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +16,9 @@ use mqtt_protocol::resources::peak_rss_kib;
 use crate::auth::Users;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::flow::{Change, Flow};
 use crate::hub::{Hub, Stats};
+use crate::retained::RetainedStore;
 use crate::ingest::Ingest;
 use crate::router::Router;
 use crate::sessions::Sessions;
@@ -98,9 +100,12 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         .map_err(|_| BrokerError::RouterGone)?;
     let hub = Arc::new(Hub {
         limits: config.limits(),
+        flow_limits: config.flow_limits(),
         users,
         router,
         ingest,
+        flow: Mutex::new(Flow::new(config.flow_config())),
+        retained: RetainedStore::default(),
         sessions: Sessions::default(),
         stats: Stats::default(),
         log: log::Budget::default(),
@@ -108,6 +113,7 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         router_gone: CancellationToken::new(),
     });
     let stop_accepting = CancellationToken::new();
+    tokio::spawn(watch_flow(Arc::clone(&hub), stop_accepting.clone()));
     if let Some(listener) = plain {
         let stop = stop_accepting.clone();
         tokio::spawn(listener::accept(Arc::clone(&hub), listener, None, stop));
@@ -173,10 +179,11 @@ impl RunningBroker {
         self.drain().await;
         let dropped = self.hub.dropped();
         let peak_rss_mib = peak_rss_kib().map(|kib| kib / 1024);
+        let held_s = (self.hub.held().as_secs_f64() * 10.0).round() / 10.0;
         if dropped > 0 {
-            error!(dropped, peak_rss_mib, "shutting down; {dropped} messages were dropped unread by slow subscribers during this run");
+            error!(dropped, held_s, peak_rss_mib, "shutting down; {dropped} messages were dropped unread by slow subscribers during this run");
         } else {
-            info!(dropped, peak_rss_mib, "shutting down");
+            info!(dropped, held_s, peak_rss_mib, "shutting down");
         }
         Ok(())
     }
@@ -231,6 +238,40 @@ impl RunningBroker {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), gone).await;
+    }
+}
+
+/// Once a second: offline persistent sessions whose hold is up stop holding publishers, and
+/// logs that stopped holding publishers say so (at most one line per log per 10 s).
+async fn watch_flow(hub: Arc<Hub>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let (expired, released) = {
+            let mut flow = hub.lock_flow();
+            (flow.expire(Instant::now()), flow.take_released())
+        };
+        for (filter, reader) in expired {
+            warn!(
+                filter,
+                "the offline {reader} no longer holds publishers to {filter} ([flow] \
+                 offline_hold_s); what its log drops before it returns is lost, and counted"
+            );
+        }
+        for change in released {
+            if let Change::Released { filter, held } = change {
+                info!(
+                    filter,
+                    held_s = held.as_secs_f64(),
+                    "flow control released publishers to {filter} after {:.1} s",
+                    held.as_secs_f64()
+                );
+            }
+        }
     }
 }
 

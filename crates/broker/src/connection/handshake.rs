@@ -20,6 +20,7 @@ const CONNECT_CHUNK: usize = 1024;
 pub(crate) struct Will {
     pub topic: Bytes,
     pub message: Bytes,
+    pub qos: u8,
     pub retain: bool,
 }
 
@@ -108,6 +109,7 @@ where
     let will = connect.will.map(|(flags, topic, message)| Will {
         topic: Bytes::copy_from_slice(topic),
         message: Bytes::copy_from_slice(message),
+        qos: (flags >> 3) & 0x03,
         retain: flags & 0x20 != 0,
     });
     let accepted = Accepted {

@@ -15,7 +15,7 @@ mod writer;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
 use crate::delivery::Delivery;
+use crate::flow::{Admission, ReaderKey};
 use crate::hub::{Hub, Slot};
 use crate::ingest::Message;
 use crate::packet::{ReturnCode, Violation};
@@ -119,7 +120,6 @@ pub(crate) enum PendingAck {
 #[derive(Debug, Default)]
 pub(crate) struct Barrier {
     raised: AtomicUsize,
-    lowered: Notify,
 }
 
 impl Barrier {
@@ -127,21 +127,13 @@ impl Barrier {
         self.raised.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn lower(&self) {
-        if self.raised.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.lowered.notify_one();
-        }
+    /// Returns true when the last one is answered.
+    fn lower(&self) -> bool {
+        self.raised.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
     fn is_raised(&self) -> bool {
         self.raised.load(Ordering::Acquire) > 0
-    }
-
-    /// Waits until no SUBSCRIBE/UNSUBSCRIBE is unanswered.
-    async fn lowered(&self) {
-        while self.is_raised() {
-            self.lowered.notified().await;
-        }
     }
 }
 
@@ -152,6 +144,8 @@ pub(crate) struct Conn<'h> {
     /// its acknowledgements under the broker's window.
     link: Mutex<LinkTx>,
     client_id: String,
+    /// The id the router knows the client by.
+    router_id: String,
     peer: SocketAddr,
     persistent: bool,
     keep_alive: u16,
@@ -159,6 +153,9 @@ pub(crate) struct Conn<'h> {
     acked: AtomicU64,
     barrier: Barrier,
     expected: Mutex<HashMap<u16, PendingAck>>,
+    /// Wakes the reader when publishes it holds may go (a SUBSCRIBE answered, flow control
+    /// released).
+    wake: Arc<Notify>,
 }
 
 impl Conn<'_> {
@@ -182,6 +179,13 @@ impl Conn<'_> {
             return Some("this broker has no $ topics");
         }
         None
+    }
+
+    /// The router answered a SUBSCRIBE/UNSUBSCRIBE.
+    fn lower_barrier(&self) {
+        if self.barrier.lower() {
+            self.wake.notify_one();
+        }
     }
 
     fn expect(&self, pkid: u16, pending: PendingAck) {
@@ -289,14 +293,26 @@ where
         hub,
         link: Mutex::new(link.tx),
         client_id: accepted.client_id,
+        router_id: router_id.clone(),
         peer,
         persistent: !accepted.clean_session,
         keep_alive: accepted.keep_alive,
         acked: AtomicU64::new(0),
         barrier: Barrier::default(),
         expected: Mutex::new(HashMap::new()),
+        wake: Arc::new(Notify::new()),
     };
-    let mut delivery = saved.map(Delivery::restore).unwrap_or_default();
+    if let Some(saved) = &saved {
+        let mut flow = hub.lock_flow();
+        for (filter, position) in saved.positions() {
+            let (reader, log) = ReaderKey::of(&router_id, filter);
+            flow.online(reader, &log, position);
+        }
+    }
+    let mut delivery = match saved {
+        Some(saved) => Delivery::restore(saved),
+        None => Delivery::new(conn.persistent),
+    };
     let subscribed: HashSet<String> = delivery.filters().map(str::to_owned).collect();
     let window = Window::new(hub.limits.max_inflight, accepted.clean_session);
     let (outbox_tx, mut outbox_rx) = mpsc::channel(OUTBOX);
@@ -322,32 +338,70 @@ where
             conn.client_id
         )),
     }
-    if close.fires_will() {
-        if let Some(will) = accepted.will {
-            fire_will(hub, will);
+    leave(&conn);
+    delivery.acknowledged(conn.acked.load(Ordering::Relaxed));
+    {
+        let mut flow = hub.lock_flow();
+        for (filter, position) in delivery.take_moved() {
+            let (reader, log) = ReaderKey::of(&router_id, &filter);
+            flow.advanced(&reader, &log, position);
+        }
+        for filter in delivery.filters() {
+            let (reader, log) = ReaderKey::of(&router_id, filter);
+            if conn.persistent {
+                flow.offline(&reader, &log);
+            } else {
+                flow.unsubscribe(&reader, &log);
+            }
         }
     }
-    leave(&conn);
     if conn.persistent {
-        delivery.acknowledged(conn.acked.load(Ordering::Relaxed));
         hub.sessions.save(&router_id, delivery.saved());
     }
     drop(accepted.slot);
     drop(claim);
+    if close.fires_will() {
+        if let Some(will) = accepted.will {
+            fire_will(hub, will).await;
+        }
+    }
 }
 
-/// Publishes the client's will, unless its topic is a `$` topic (delivered to no one).
-fn fire_will(hub: &Hub, will: Will) {
+/// Publishes the client's will (unless its topic is a `$` topic, delivered to no one), as
+/// any publish: retained if it says so, and through flow control, which may make it wait.
+async fn fire_will(hub: &Hub, will: Will) {
     if crate::packet::is_reserved_topic(&will.topic) {
         return;
     }
-    let mut message = vec![Message {
+    if will.retain {
+        hub.retained.publish(&will.topic, &will.message, will.qos);
+    }
+    let message = Message {
         topic: will.topic,
         payload: will.message,
-        retain: will.retain,
-    }];
-    if hub.ingest.submit(&mut message).is_err() {
-        hub.router_gone.cancel();
+    };
+    let waiter = Arc::new(Notify::new());
+    loop {
+        {
+            let mut flow = hub.lock_flow();
+            match flow.admit(&message.topic) {
+                Admission::NoSubscriber => return,
+                Admission::Append(logs) => {
+                    flow.append(&logs, message.counted_size());
+                    if hub.ingest.submit(&mut vec![message]).is_err() {
+                        hub.router_gone.cancel();
+                    }
+                    return;
+                }
+                Admission::Park(park) => {
+                    flow.park(&park, &waiter);
+                }
+            }
+        }
+        tokio::select! {
+            () = waiter.notified() => {}
+            () = hub.cut_off.cancelled() => return,
+        }
     }
 }
 

@@ -4,38 +4,59 @@
 //! acknowledgements of what it receives go to the router over the client's own link;
 //! PINGREQ is answered here.
 //!
-//! Publishes wait behind a SUBSCRIBE or UNSUBSCRIBE the router has not answered yet, so that a
-//! client that subscribes and then publishes sees the router do the same, in that order; the
-//! reader keeps reading meanwhile, so acknowledgements the router may be waiting for still
-//! flow.
+//! Publishes are handed on in the order they came, and wait (unacknowledged) while
+//! - a SUBSCRIBE or UNSUBSCRIBE of the same client is unanswered by the router, so that a
+//!   client that subscribes and then publishes sees the router do the same, in that order;
+//! - flow control holds them (see `flow`): a log they go to cannot take more until its
+//!   slowest reader moves on.
+//!
+//! The reader keeps reading meanwhile, so acknowledgements the router is waiting for still
+//! flow and a client that publishes into a filter it reads itself cannot stall itself. What
+//! waits is bounded by the client's own in-flight window; beyond `[flow] max_parked_bytes` the
+//! client is disconnected, and QoS 0 publishes beyond a small number are dropped and counted.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{
     Packet, PingResp, Protocol as _, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    PubRecReason, PubRel, PubRelReason, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    Unsubscribe,
 };
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::mpsc;
+use tracing::info;
 
 use super::{window, Close, Conn, Outbound, PendingAck};
+use crate::flow::{Admission, Change, ReaderKey};
 use crate::ingest::Message;
 use crate::packet::{self, FixedHeader};
 
 /// Bytes read from the socket at once, at most.
 const CHUNK: usize = 64 * 1024;
 
-/// Publishes that may wait behind an unanswered SUBSCRIBE before the reader stops reading.
-const MAX_HELD: usize = 10_000;
+/// QoS 0 publishes that may wait for flow control; beyond, they are dropped (and counted).
+const MAX_PARKED_QOS0: usize = 1000;
 
 /// A publish accepted from the client, waiting to be handed on and acknowledged.
 struct Accepted {
     /// `None` for a message delivered to no one (a `$` topic, a QoS 2 resend).
     message: Option<Message>,
+    retain: bool,
     qos: u8,
     pkid: u16,
+}
+
+impl Accepted {
+    /// What it holds of the client's memory while it waits.
+    fn bytes(&self) -> usize {
+        self.message
+            .as_ref()
+            .map_or(0, |m| m.topic.len() + m.payload.len())
+    }
 }
 
 /// The reader's state between batches.
@@ -43,6 +64,10 @@ struct Reader<'c, 'h> {
     conn: &'c Conn<'h>,
     /// Publishes not yet handed on, in the order they came.
     held: VecDeque<Accepted>,
+    held_bytes: usize,
+    held_qos0: usize,
+    /// Since when flow control holds this client's publishes.
+    parked_since: Option<Instant>,
     /// Packets for the router's link, this batch.
     to_router: Vec<Packet>,
     /// Messages for the ingest link, this batch.
@@ -71,6 +96,9 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
     let mut reader = Reader {
         conn,
         held: VecDeque::new(),
+        held_bytes: 0,
+        held_qos0: 0,
+        parked_since: None,
         to_router: Vec::new(),
         to_ingest: Vec::new(),
         replies: BytesMut::new(),
@@ -80,24 +108,21 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
         last_topic: Bytes::new(),
     };
     let keep_alive = conn.keep_alive_timeout();
-    loop {
+    let close = loop {
         let verdict = reader.take_packets(&mut buf);
         if let Err(close) = reader.hand_on(outbox).await {
-            return close;
+            break close;
         }
         let more = match verdict {
             Ok(more) => more,
-            Err(close) => return close,
+            Err(close) => break close,
         };
+        if reader.held_bytes > conn.hub.flow_limits.max_parked_bytes {
+            break Close::Violation("held back more than [flow] max_parked_bytes of publishes");
+        }
         if more {
             // A full batch: the buffer may hold more whole packets. Let others run first.
             tokio::task::yield_now().await;
-            continue;
-        }
-        if reader.held.len() >= MAX_HELD {
-            // The router has not answered a SUBSCRIBE for a long time: stop reading until it
-            // does (it always does, unless the connection ends).
-            conn.barrier.lowered().await;
             continue;
         }
         if buf.capacity() - buf.len() < CHUNK / 4 {
@@ -107,12 +132,14 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
         tokio::select! {
             read = read_some(&mut socket, &mut buf, keep_alive) => {
                 if let Err(close) = read {
-                    return close;
+                    break close;
                 }
             }
-            () = conn.barrier.lowered(), if waiting => {}
+            () = conn.wake.notified(), if waiting => {}
         }
-    }
+    };
+    reader.unparked();
+    close
 }
 
 /// Reads what the socket has; the keep-alive deadline (1.5 times the client's) starts anew
@@ -156,12 +183,18 @@ impl Reader<'_, '_> {
     }
 
     fn take(&mut self, header: &FixedHeader, frame: BytesMut) -> Result<(), Close> {
+        let pkid = || u16::from_be_bytes([frame[2], frame[3]]);
         match header.packet_type() {
             3 => self.publish(header, &frame),
-            4 if window::is_ours(u16::from_be_bytes([frame[2], frame[3]])) => {
-                // A message sent under the broker's window: the router had its ack already.
-                self.window_acks
-                    .push(u16::from_be_bytes([frame[2], frame[3]]));
+            // A message of ours (sent under the broker's window, or a retained one): the
+            // router has nothing to do with it.
+            4 | 7 if window::is_ours(pkid()) => self.window_acks.push(pkid()),
+            5 if window::is_ours(pkid()) => {
+                let pubrel = PubRel {
+                    pkid: pkid(),
+                    reason: PubRelReason::Success,
+                };
+                self.reply(Packet::PubRel(pubrel, None))?;
             }
             4 | 5 => {
                 // The client acknowledges a QoS 1/2 message the router forwarded.
@@ -170,7 +203,7 @@ impl Reader<'_, '_> {
             }
             7 => self.to_router.push(decode(frame)?),
             6 => {
-                let pkid = u16::from_be_bytes([frame[2], frame[3]]);
+                let pkid = pkid();
                 self.qos2.remove(&pkid);
                 let pubcomp = PubComp {
                     pkid,
@@ -192,13 +225,15 @@ impl Reader<'_, '_> {
         let Ok(fields) = packet::publish_fields(header, frame) else {
             return;
         };
+        let stats = &self.conn.hub.stats;
+        if fields.qos == 0 && self.parked_since.is_some() && self.held_qos0 >= MAX_PARKED_QOS0 {
+            // QoS 0 promises nothing; held back without end it would only cost memory.
+            stats.qos0_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let topic = &frame[fields.topic.clone()];
         let deliver = if packet::is_reserved_topic(topic) {
-            self.conn
-                .hub
-                .stats
-                .reserved_topic
-                .fetch_add(1, Ordering::Relaxed);
+            stats.reserved_topic.fetch_add(1, Ordering::Relaxed);
             false
         } else {
             // A QoS 2 resend of a message not yet released was delivered already.
@@ -212,17 +247,21 @@ impl Reader<'_, '_> {
                 topic: self.last_topic.clone(),
                 // A copy: a stored message must not pin the whole read buffer.
                 payload: Bytes::copy_from_slice(&frame[fields.payload]),
-                retain: fields.retain,
             }
         });
-        self.held.push_back(Accepted {
+        let accepted = Accepted {
             message,
+            retain: fields.retain,
             qos: fields.qos,
             pkid: fields.pkid,
-        });
+        };
+        self.held_bytes += accepted.bytes();
+        self.held_qos0 += usize::from(accepted.qos == 0);
+        self.held.push_back(accepted);
     }
 
-    /// Grants each filter or refuses it (0x80). Granted ones go to the router; the writer
+    /// Grants each filter or refuses it (0x80). Granted ones go to the router, at once and
+    /// while flow control knows it (a new reader starts at the end of its log); the writer
     /// completes the SUBACK with the refusals when the router's arrives.
     fn subscribe(&mut self, packet: Packet) -> Result<(), Close> {
         let Packet::Subscribe(mut subscribe, _) = packet else {
@@ -252,18 +291,24 @@ impl Reader<'_, '_> {
             };
             return self.reply(Packet::SubAck(suback, None));
         }
-        self.before_barrier();
-        let filters = granted
-            .iter()
-            .map(|f| (f.path.clone(), f.qos as u8))
-            .collect();
-        self.subscribed
-            .extend(granted.iter().map(|f| f.path.clone()));
+        self.before_barrier()?;
+        let filters = granted.iter().map(|f| (f.path.clone(), f.qos as u8)).collect();
         self.conn
             .expect(subscribe.pkid, PendingAck::Subscribe { codes, filters });
+        let new: Vec<String> = granted
+            .iter()
+            .filter(|f| !self.subscribed.contains(&f.path))
+            .map(|f| f.path.clone())
+            .collect();
         subscribe.filters = granted;
         self.to_router.push(Packet::Subscribe(subscribe, None));
-        Ok(())
+        let mut flow = self.conn.hub.lock_flow();
+        for filter in new {
+            let (reader, log) = ReaderKey::of(&self.conn.router_id, &filter);
+            flow.subscribe(reader, &log);
+            self.subscribed.insert(filter);
+        }
+        self.conn.to_router(self.to_router.drain(..))
     }
 
     /// Only filters the client holds go to the router, which answers each with an UNSUBACK of
@@ -285,7 +330,7 @@ impl Reader<'_, '_> {
             };
             return self.reply(Packet::UnsubAck(unsuback, None));
         }
-        self.before_barrier();
+        self.before_barrier()?;
         self.conn.expect(
             unsubscribe.pkid,
             PendingAck::Unsubscribe {
@@ -301,40 +346,80 @@ impl Reader<'_, '_> {
         Ok(())
     }
 
-    /// Publishes that came before a SUBSCRIBE/UNSUBSCRIBE go to the router before it (unless
-    /// an earlier one still holds them), then the barrier goes up.
-    fn before_barrier(&mut self) {
-        if !self.conn.barrier.is_raised() {
-            self.release_held();
-        }
+    /// Publishes that came before a SUBSCRIBE/UNSUBSCRIBE go to the router before it (as far
+    /// as nothing else holds them), then the barrier goes up.
+    fn before_barrier(&mut self) -> Result<(), Close> {
+        self.release_held()?;
         self.conn.barrier.raise();
+        Ok(())
     }
 
-    /// Moves the held publishes to this batch's ingest and acknowledgements.
-    fn release_held(&mut self) {
-        while let Some(accepted) = self.held.pop_front() {
-            if let Some(message) = accepted.message {
-                self.to_ingest.push(message);
-            }
-            let ack = match accepted.qos {
-                1 => Packet::PubAck(
-                    PubAck {
-                        pkid: accepted.pkid,
-                        reason: PubAckReason::Success,
-                    },
-                    None,
-                ),
-                2 => Packet::PubRec(
-                    PubRec {
-                        pkid: accepted.pkid,
-                        reason: PubRecReason::Success,
-                    },
-                    None,
-                ),
-                _ => continue,
+    /// Hands on the held publishes, in order, as far as nothing holds them: appends them to
+    /// the logs flow control mirrors and the router's together, and acknowledges them.
+    fn release_held(&mut self) -> Result<(), Close> {
+        if self.held.is_empty() || self.conn.barrier.is_raised() {
+            return Ok(());
+        }
+        let hub = self.conn.hub;
+        let mut flow = hub.lock_flow();
+        while let Some(front) = self.held.front() {
+            let deliver = match &front.message {
+                None => false,
+                Some(message) => match flow.admit(&message.topic) {
+                    Admission::Append(logs) => {
+                        flow.append(&logs, message.counted_size());
+                        true
+                    }
+                    Admission::NoSubscriber => {
+                        hub.stats.no_subscriber.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
+                    Admission::Park(park) => {
+                        if let Some(Change::Holding { filter, reader, lag }) =
+                            flow.park(&park, &self.conn.wake)
+                        {
+                            info!(
+                                filter,
+                                lag,
+                                "flow control holds publishers to {filter}: its slowest \
+                                 subscriber ({reader}) is {lag} messages behind"
+                            );
+                        }
+                        self.parked_since.get_or_insert_with(Instant::now);
+                        break;
+                    }
+                },
             };
-            // Acknowledgements always encode.
-            let _ = V4.write(ack, &mut self.replies);
+            let Some(accepted) = self.held.pop_front() else {
+                break;
+            };
+            self.held_bytes -= accepted.bytes();
+            self.held_qos0 -= usize::from(accepted.qos == 0);
+            if let Some(message) = accepted.message {
+                if accepted.retain {
+                    hub.retained
+                        .publish(&message.topic, &message.payload, accepted.qos);
+                }
+                if deliver {
+                    self.to_ingest.push(message);
+                }
+            }
+            acknowledge(&mut self.replies, accepted.qos, accepted.pkid);
+        }
+        if self.held.is_empty() {
+            self.unparked();
+        }
+        // Appended to the mirror and to the router under one lock, in one order.
+        if !self.to_ingest.is_empty() && hub.ingest.submit(&mut self.to_ingest).is_err() {
+            return Err(Close::RouterGone);
+        }
+        Ok(())
+    }
+
+    /// Flow control no longer holds this client: counts the time it did.
+    fn unparked(&mut self) {
+        if let Some(since) = self.parked_since.take() {
+            self.conn.hub.count_held(since.elapsed());
         }
     }
 
@@ -344,16 +429,11 @@ impl Reader<'_, '_> {
             .map_err(|_| Close::Violation("a reply could not be encoded"))
     }
 
-    /// Hands this batch on: router packets, then the publishes (unless a SUBSCRIBE is still
-    /// unanswered), then our replies to the client.
+    /// Hands this batch on: router packets, then the publishes (as far as nothing holds
+    /// them), then our replies to the client.
     async fn hand_on(&mut self, outbox: &mpsc::Sender<Outbound>) -> Result<(), Close> {
         self.conn.to_router(self.to_router.drain(..))?;
-        if !self.conn.barrier.is_raised() {
-            self.release_held();
-        }
-        if !self.to_ingest.is_empty() && self.conn.hub.ingest.submit(&mut self.to_ingest).is_err() {
-            return Err(Close::RouterGone);
-        }
+        self.release_held()?;
         if !self.replies.is_empty() {
             let replies = Outbound::Bytes(self.replies.split().freeze());
             if outbox.send(replies).await.is_err() {
@@ -368,6 +448,29 @@ impl Reader<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// PUBACK (QoS 1) or PUBREC (QoS 2) for a publish we handed on.
+fn acknowledge(replies: &mut BytesMut, qos: u8, pkid: u16) {
+    let ack = match qos {
+        1 => Packet::PubAck(
+            PubAck {
+                pkid,
+                reason: PubAckReason::Success,
+            },
+            None,
+        ),
+        2 => Packet::PubRec(
+            PubRec {
+                pkid,
+                reason: PubRecReason::Success,
+            },
+            None,
+        ),
+        _ => return,
+    };
+    // Acknowledgements always encode.
+    let _ = V4.write(ack, replies);
 }
 
 /// Decodes one whole, checked frame with rumqttd's codec, which fills in what the router

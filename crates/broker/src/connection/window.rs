@@ -97,19 +97,29 @@ impl Window {
     /// A forward was just encoded at `buf[start..]` under the broker's window: gives it our
     /// packet id and notes the router's for acknowledgement. QoS 0 needs neither.
     pub(super) fn sent(&mut self, buf: &mut BytesMut, start: usize) {
-        let Some(at) = pkid_offset(&buf[start..]) else {
-            return;
-        };
-        let at = start + at;
-        let router_pkid = u16::from_be_bytes([buf[at], buf[at + 1]]);
+        if let Some(router_pkid) = self.number(buf, start) {
+            self.router_acks.push(router_pkid);
+        }
+    }
+
+    /// A packet id of ours for a QoS 1/2 message of the broker's own (a retained one).
+    pub(super) fn own(&mut self) -> u16 {
         self.next_pkid = if self.next_pkid == u16::MAX {
             FIRST_PKID
         } else {
             self.next_pkid + 1
         };
-        buf[at..at + 2].copy_from_slice(&self.next_pkid.to_be_bytes());
         self.inflight.push_back((self.next_pkid, false));
-        self.router_acks.push(router_pkid);
+        self.next_pkid
+    }
+
+    /// Writes our next packet id into the PUBLISH at `buf[start..]`; returns the one it had.
+    fn number(&mut self, buf: &mut BytesMut, start: usize) -> Option<u16> {
+        let at = start + pkid_offset(&buf[start..])?;
+        let previous = u16::from_be_bytes([buf[at], buf[at + 1]]);
+        let pkid = self.own();
+        buf[at..at + 2].copy_from_slice(&pkid.to_be_bytes());
+        Some(previous)
     }
 
     /// The client acknowledged these packet ids of ours (in any order).

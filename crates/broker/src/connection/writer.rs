@@ -11,7 +11,9 @@ use bytes::BytesMut;
 use futures_util::FutureExt as _;
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{Packet, Protocol as _, PubAck, PubAckReason, SubAck, SubscribeReasonCode};
+use rumqttd::protocol::{
+    Packet, Protocol as _, PubAck, PubAckReason, Publish, SubAck, SubscribeReasonCode,
+};
 use rumqttd::{Forward, Notification};
 use std::sync::atomic::Ordering;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
@@ -21,6 +23,8 @@ use tracing::{error, info};
 use super::window::{Mode, Window};
 use super::{Close, Conn, Outbound, PendingAck};
 use crate::delivery::Delivery;
+use crate::flow::ReaderKey;
+use crate::retained::Retained;
 
 /// Notifications taken from the router's link per write, at most.
 const MAX_BATCH: usize = 1024;
@@ -95,6 +99,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
         if let Err(close) = writer.release(conn) {
             ended.get_or_insert(close);
         }
+        writer.tell_flow(conn);
         if !writer.buf.is_empty() {
             if let Err(e) = socket.write_all(&writer.buf).await {
                 return Close::SocketError(e.kind());
@@ -129,10 +134,12 @@ impl Writer<'_> {
             },
         };
         let packet = match packet {
-            Packet::SubAck(suback, _) => match self.complete_suback(conn, suback) {
-                Some(suback) => Packet::SubAck(suback, None),
-                None => return Ok(false),
-            },
+            Packet::SubAck(suback, _) => {
+                let (suback, retained) = self.complete_suback(conn, suback);
+                encode(Packet::SubAck(suback, None), &mut self.buf)?;
+                self.send_retained(retained)?;
+                return Ok(false);
+            }
             Packet::UnsubAck(unsuback, props) => {
                 if !self.complete_unsuback(conn, unsuback.pkid) {
                     return Ok(false);
@@ -206,35 +213,84 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Puts the router's return codes where the reader left room for them; logs what the
-    /// client now reads, and lets held publishes go.
-    fn complete_suback(&mut self, conn: &Conn<'_>, suback: SubAck) -> Option<SubAck> {
+    /// Puts the router's return codes where the reader left room for them; tells flow
+    /// control the new logs exist, logs what the client now reads, and lets held publishes
+    /// go. Returns the SUBACK and the retained messages the new subscriptions get.
+    fn complete_suback(
+        &mut self,
+        conn: &Conn<'_>,
+        suback: SubAck,
+    ) -> (SubAck, Vec<(Retained, u8)>) {
         let Some(PendingAck::Subscribe { codes, filters }) = conn.take_expected(suback.pkid) else {
-            return Some(suback);
+            return (suback, Vec::new());
         };
         let mut granted = suback.return_codes.into_iter();
         let return_codes = codes
             .into_iter()
-            .map(|code| {
-                code.or_else(|| granted.next())
-                    .unwrap_or(SubscribeReasonCode::Failure)
-            })
+            .map(|code| code.or_else(|| granted.next()).unwrap_or(SubscribeReasonCode::Failure))
             .collect();
+        let mut retained = Vec::new();
+        {
+            let mut flow = conn.hub.lock_flow();
+            for (filter, _) in &filters {
+                let (_, log) = ReaderKey::of(&conn.router_id, filter);
+                flow.created(&log);
+            }
+        }
         for (filter, qos) in &filters {
             if *qos == 2 || filter.starts_with("$share/") {
                 self.window.use_routers();
             }
             self.delivery.subscribed(filter);
-            info!(
-                "client {:?} subscribed to {filter} (QoS {qos})",
-                conn.client_id
-            );
+            info!("client {:?} subscribed to {filter} (QoS {qos})", conn.client_id);
+            for message in conn.hub.retained.matching(filter) {
+                retained.push((message, (*qos).min(2)));
+            }
         }
-        conn.barrier.lower();
-        Some(SubAck {
+        conn.lower_barrier();
+        let suback = SubAck {
             pkid: suback.pkid,
             return_codes,
-        })
+        };
+        (suback, retained)
+    }
+
+    /// Sends retained messages, each at the lower of its QoS and the subscription's (`max`),
+    /// under packet ids of ours (the router has nothing to do with them).
+    fn send_retained(&mut self, retained: Vec<(Retained, u8)>) -> Result<(), Close> {
+        for (message, max) in retained {
+            let qos = message.qos.min(max);
+            let pkid = if qos > 0 { self.window.own() } else { 0 };
+            // rumqttd's `Publish` takes a QoS and packet id from outside its crate only
+            // through its own serialization.
+            let mut raw = BytesMut::with_capacity(5 + message.topic.len() + message.payload.len());
+            raw.extend_from_slice(&[0b0011_0001 | (qos << 1)]);
+            raw.extend_from_slice(&pkid.to_be_bytes());
+            raw.extend_from_slice(&(message.topic.len() as u16).to_be_bytes());
+            raw.extend_from_slice(&message.topic);
+            raw.extend_from_slice(&message.payload);
+            let publish = Publish::deserialize(raw.freeze());
+            encode(Packet::Publish(publish, None), &mut self.buf)?;
+        }
+        Ok(())
+    }
+
+    /// Tells flow control where this client's readers now stand in the router's logs.
+    fn tell_flow(&mut self, conn: &Conn<'_>) {
+        let moved = self.delivery.take_moved();
+        let ambiguous = self.delivery.take_ambiguous();
+        if moved.is_empty() && ambiguous.is_empty() {
+            return;
+        }
+        let mut flow = conn.hub.lock_flow();
+        for (filter, position) in moved {
+            let (reader, log) = ReaderKey::of(&conn.router_id, &filter);
+            flow.advanced(&reader, &log, position);
+        }
+        for filter in ambiguous {
+            let (reader, log) = ReaderKey::of(&conn.router_id, &filter);
+            flow.exclude(&reader, &log);
+        }
     }
 
     /// True when this UNSUBACK is the last the router sends for its UNSUBSCRIBE.
@@ -252,10 +308,14 @@ impl Writer<'_> {
             );
             return false;
         }
+        let mut flow = conn.hub.lock_flow();
         for filter in &filters {
             self.delivery.unsubscribed(filter);
+            let (reader, log) = ReaderKey::of(&conn.router_id, filter);
+            flow.unsubscribe(&reader, &log);
         }
-        conn.barrier.lower();
+        drop(flow);
+        conn.lower_barrier();
         true
     }
 }

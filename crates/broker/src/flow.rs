@@ -1,0 +1,589 @@
+//! Flow control: a slow subscriber slows the publishers feeding it, and nothing is dropped.
+//!
+//! rumqttd's router keeps one log per subscription filter, in segments, and drops the oldest
+//! segment when it needs a new one, read or not. The broker is the only appender (every
+//! publish enters through its ingest link, see `ingest`), so it mirrors each log exactly here:
+//! the offset the next message gets, and where each segment begins and how full it is (the
+//! router's own rule: a segment closes once the sizes counted into it reach
+//! `max_segment_size`; a log keeps `max_segment_count` of them). Every message the router
+//! forwards carries its offset, so the broker also knows where each reader stands (see
+//! `delivery`). A publish is appended only if no log it goes to would, by taking it, drop a
+//! segment that one of its readers has not finished: otherwise it is parked, unacknowledged,
+//! until that reader leaves the oldest segment (the high and low watermarks: a full log, and
+//! one segment freed). Publishers wait for their PUBACKs, so their own in-flight windows bound
+//! what is parked.
+//!
+//! Readers are a client's subscription, or a `$share` group as a whole. An offline persistent
+//! session keeps its place and holds publishers for `[flow] offline_hold_s`; after that it no
+//! longer counts, and what the log then drops unread is counted as lost when it returns.
+//! A log is created by the router when the first SUBSCRIBE for its filter arrives there;
+//! publishes for it wait until the router has answered, so the mirror starts at offset 0
+//! with the router's.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttd::protocol::matches;
+use tokio::sync::Notify;
+
+/// How flow control is set up, from `[flow]` and `[router]`.
+#[derive(Debug, Clone)]
+pub(crate) struct FlowConfig {
+    /// Hold publishers for slow readers (`false`: rumqttd's roll-over decides, and what it
+    /// drops unread is counted).
+    pub hold: bool,
+    /// How long an offline persistent session may hold publishers.
+    pub offline_hold: Duration,
+    pub max_segment_size: u64,
+    pub max_segment_count: usize,
+}
+
+/// Index of a log in [`Flow`].
+pub(crate) type FilterId = usize;
+
+/// Who reads a log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum ReaderKey {
+    /// A client's subscription (its router id).
+    Client(String),
+    /// A `$share` group, whose members read the log as one.
+    Group(String),
+}
+
+impl std::fmt::Display for ReaderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReaderKey::Client(id) => write!(f, "client {id:?}"),
+            ReaderKey::Group(group) => write!(f, "share group {group:?}"),
+        }
+    }
+}
+
+impl ReaderKey {
+    /// The reader a subscription of client `router_id` to `filter` makes, and the log it
+    /// reads (a shared subscription reads its inner filter's).
+    pub(crate) fn of(router_id: &str, filter: &str) -> (ReaderKey, String) {
+        match filter
+            .strip_prefix("$share/")
+            .and_then(|rest| rest.split_once('/'))
+        {
+            Some((group, inner)) => (ReaderKey::Group(group.to_owned()), inner.to_owned()),
+            None => (ReaderKey::Client(router_id.to_owned()), filter.to_owned()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Reader {
+    /// The first offset the router would read for it next (for a persistent session: its
+    /// first unacknowledged message).
+    position: u64,
+    /// Connected members (1 or 0 for a client).
+    online: usize,
+    offline_since: Option<Instant>,
+    /// No longer holds publishers: offline too long, or its position cannot be known (two of
+    /// its client's filters match one topic).
+    excluded: bool,
+}
+
+/// One router log, mirrored.
+#[derive(Debug)]
+struct Log {
+    filter: String,
+    /// The router has created it (its SUBACK came).
+    ready: bool,
+    /// The offset the next message appended gets.
+    appended: u64,
+    /// Start offset and counted bytes of each segment, oldest first; the last is being filled.
+    segments: VecDeque<(u64, u64)>,
+    readers: HashMap<ReaderKey, Reader>,
+    /// Connections with publishes parked for this log.
+    waiters: Vec<Arc<Notify>>,
+    /// Since when publishers are held for it.
+    holding_since: Option<Instant>,
+}
+
+/// Why a publish cannot be appended now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Park {
+    /// The router is creating the log.
+    Creating(FilterId),
+    /// A reader has not finished the segment the next append would drop.
+    Full(FilterId),
+}
+
+/// What to do with a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Append it to these logs.
+    Append(Vec<FilterId>),
+    /// No subscription matches it: MQTT delivers it to no one.
+    NoSubscriber,
+    Park(Park),
+}
+
+/// A log that started or stopped holding publishers, for the broker's log lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    Holding {
+        filter: String,
+        reader: ReaderKey,
+        lag: u64,
+    },
+    Released {
+        filter: String,
+        held: Duration,
+    },
+}
+
+/// The mirror of every router log and its readers.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    config: FlowConfig,
+    logs: Vec<Log>,
+    by_filter: HashMap<String, FilterId>,
+    /// The logs each topic seen so far goes to.
+    routes: HashMap<Vec<u8>, Vec<FilterId>>,
+}
+
+impl Flow {
+    pub(crate) fn new(config: FlowConfig) -> Flow {
+        Flow {
+            config,
+            logs: Vec::new(),
+            by_filter: HashMap::new(),
+            routes: HashMap::new(),
+        }
+    }
+
+    /// A SUBSCRIBE of `reader` to `filter` is about to go to the router. Creates the log if
+    /// it is new (publishes for it wait until [`Flow::created`]); a new reader starts where
+    /// the router will start it, at the end of the log.
+    pub(crate) fn subscribe(&mut self, reader: ReaderKey, filter: &str) {
+        let id = match self.by_filter.get(filter) {
+            Some(&id) => id,
+            None => {
+                let id = self.logs.len();
+                self.logs.push(Log {
+                    filter: filter.to_owned(),
+                    ready: false,
+                    appended: 0,
+                    segments: VecDeque::from([(0, 0)]),
+                    readers: HashMap::new(),
+                    waiters: Vec::new(),
+                    holding_since: None,
+                });
+                self.by_filter.insert(filter.to_owned(), id);
+                // Cached routes may now have one more log.
+                self.routes.clear();
+                id
+            }
+        };
+        let log = &mut self.logs[id];
+        let position = log.appended;
+        let entry = log.readers.entry(reader).or_insert(Reader {
+            position,
+            online: 0,
+            offline_since: None,
+            excluded: false,
+        });
+        entry.online += 1;
+        entry.offline_since = None;
+        entry.excluded = false;
+    }
+
+    /// The router has answered the SUBSCRIBE for `filter`: its log exists.
+    pub(crate) fn created(&mut self, filter: &str) {
+        if let Some(&id) = self.by_filter.get(filter) {
+            let log = &mut self.logs[id];
+            if !log.ready {
+                log.ready = true;
+                wake(&mut log.waiters);
+            }
+        }
+    }
+
+    /// `reader` left `filter` for good (UNSUBSCRIBE, or its clean session ended).
+    pub(crate) fn unsubscribe(&mut self, reader: &ReaderKey, filter: &str) {
+        self.member_left(reader, filter, false);
+    }
+
+    /// `reader`'s persistent session went offline: it keeps its place for a while.
+    pub(crate) fn offline(&mut self, reader: &ReaderKey, filter: &str) {
+        self.member_left(reader, filter, true);
+    }
+
+    fn member_left(&mut self, reader: &ReaderKey, filter: &str, keep: bool) {
+        let Some(&id) = self.by_filter.get(filter) else {
+            return;
+        };
+        let log = &mut self.logs[id];
+        if let Some(entry) = log.readers.get_mut(reader) {
+            entry.online = entry.online.saturating_sub(1);
+            if entry.online == 0 {
+                if keep && self.config.hold {
+                    entry.offline_since = Some(Instant::now());
+                } else {
+                    log.readers.remove(reader);
+                }
+            }
+        }
+        self.check_release(id);
+    }
+
+    /// A persistent session came back: its reader is online again, at its saved position.
+    pub(crate) fn online(&mut self, reader: ReaderKey, filter: &str, position: Option<u64>) {
+        let Some(&id) = self.by_filter.get(filter) else {
+            return;
+        };
+        let log = &mut self.logs[id];
+        let appended = log.appended;
+        let entry = log.readers.entry(reader).or_insert(Reader {
+            position: position.unwrap_or(appended),
+            online: 0,
+            offline_since: None,
+            excluded: false,
+        });
+        entry.online += 1;
+        entry.offline_since = None;
+        entry.excluded = false;
+        if let Some(position) = position {
+            entry.position = position;
+        }
+    }
+
+    /// `reader` now stands at `position` in `filter`'s log (a group: one of its members).
+    pub(crate) fn advanced(&mut self, reader: &ReaderKey, filter: &str, position: u64) {
+        let Some(&id) = self.by_filter.get(filter) else {
+            return;
+        };
+        if let Some(entry) = self.logs[id].readers.get_mut(reader) {
+            match reader {
+                // Members each see part of the group's log; the group is as far as the
+                // furthest of them.
+                ReaderKey::Group(_) => entry.position = entry.position.max(position),
+                ReaderKey::Client(_) => entry.position = position,
+            }
+        }
+        self.check_release(id);
+    }
+
+    /// `reader`'s position in `filter` cannot be followed: it no longer holds publishers.
+    pub(crate) fn exclude(&mut self, reader: &ReaderKey, filter: &str) {
+        let Some(&id) = self.by_filter.get(filter) else {
+            return;
+        };
+        if let Some(entry) = self.logs[id].readers.get_mut(reader) {
+            entry.excluded = true;
+        }
+        self.check_release(id);
+    }
+
+    /// Offline readers past `offline_hold` stop holding publishers. Returns what they hold
+    /// no more, for the log.
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<(String, ReaderKey)> {
+        let mut expired = Vec::new();
+        for id in 0..self.logs.len() {
+            let log = &mut self.logs[id];
+            for (key, reader) in log.readers.iter_mut() {
+                let overdue = reader
+                    .offline_since
+                    .is_some_and(|since| now.duration_since(since) >= self.config.offline_hold);
+                if overdue && !reader.excluded {
+                    reader.excluded = true;
+                    expired.push((log.filter.clone(), key.clone()));
+                }
+            }
+            self.check_release(id);
+        }
+        expired
+    }
+
+    /// Decides about one publish to `topic`.
+    pub(crate) fn admit(&mut self, topic: &[u8]) -> Admission {
+        let logs = self.route(topic);
+        if logs.is_empty() {
+            return Admission::NoSubscriber;
+        }
+        for &id in &logs {
+            let log = &self.logs[id];
+            if !log.ready {
+                return Admission::Park(Park::Creating(id));
+            }
+            if self.config.hold && self.would_drop_unread(id) {
+                return Admission::Park(Park::Full(id));
+            }
+        }
+        Admission::Append(logs)
+    }
+
+    /// Appends one message of `size` counted bytes to `logs`, as the router will.
+    pub(crate) fn append(&mut self, logs: &[FilterId], size: u64) {
+        for &id in logs {
+            let max_size = self.config.max_segment_size;
+            let max_count = self.config.max_segment_count;
+            let log = &mut self.logs[id];
+            let rolls = log.segments.back().is_some_and(|&(_, bytes)| bytes >= max_size);
+            if rolls {
+                if log.segments.len() >= max_count {
+                    log.segments.pop_front();
+                }
+                log.segments.push_back((log.appended, 0));
+            }
+            if let Some(active) = log.segments.back_mut() {
+                active.1 += size;
+            }
+            log.appended += 1;
+        }
+    }
+
+    /// Registers `waiter` to be woken when `park`'s reason is gone; returns a log line's worth
+    /// if this starts a holding period.
+    pub(crate) fn park(&mut self, park: &Park, waiter: &Arc<Notify>) -> Option<Change> {
+        let (Park::Creating(id) | Park::Full(id)) = *park;
+        let log = &mut self.logs[id];
+        if !log.waiters.iter().any(|w| Arc::ptr_eq(w, waiter)) {
+            log.waiters.push(Arc::clone(waiter));
+        }
+        if matches!(park, Park::Full(_)) && log.holding_since.is_none() {
+            log.holding_since = Some(Instant::now());
+            let (reader, lag) = self.slowest(id)?;
+            return Some(Change::Holding {
+                filter: self.logs[id].filter.clone(),
+                reader,
+                lag,
+            });
+        }
+        None
+    }
+
+    /// Logs that stopped holding since last asked, and for how long they held.
+    pub(crate) fn take_released(&mut self) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for log in &mut self.logs {
+            if let Some(since) = log.holding_since {
+                if log.waiters.is_empty() {
+                    log.holding_since = None;
+                    let held = since.elapsed();
+                    changes.push(Change::Released {
+                        filter: log.filter.clone(),
+                        held,
+                    });
+                }
+            }
+        }
+        changes
+    }
+
+    /// The logs a topic goes to: every ready or pending log whose filter matches it.
+    fn route(&mut self, topic: &[u8]) -> Vec<FilterId> {
+        if let Some(ids) = self.routes.get(topic) {
+            return ids.clone();
+        }
+        let Ok(name) = std::str::from_utf8(topic) else {
+            return Vec::new();
+        };
+        let ids: Vec<FilterId> = self
+            .logs
+            .iter()
+            .enumerate()
+            .filter(|(_, log)| matches(name, &log.filter))
+            .map(|(id, _)| id)
+            .collect();
+        // Topics are few (one per device); a flood of distinct ones only costs a reset.
+        if self.routes.len() >= 100_000 {
+            self.routes.clear();
+        }
+        self.routes.insert(topic.to_vec(), ids.clone());
+        ids
+    }
+
+    /// The position the log's readers hold it at: the lowest of those that count.
+    fn hold_position(&self, id: FilterId) -> Option<u64> {
+        self.logs[id]
+            .readers
+            .values()
+            .filter(|r| !r.excluded)
+            .map(|r| r.position)
+            .min()
+    }
+
+    fn slowest(&self, id: FilterId) -> Option<(ReaderKey, u64)> {
+        let log = &self.logs[id];
+        log.readers
+            .iter()
+            .filter(|(_, r)| !r.excluded)
+            .min_by_key(|(_, r)| r.position)
+            .map(|(key, r)| (key.clone(), log.appended.saturating_sub(r.position)))
+    }
+
+    /// True if one more append would make the router drop a segment that a reader that
+    /// counts has not finished.
+    fn would_drop_unread(&self, id: FilterId) -> bool {
+        let log = &self.logs[id];
+        let Some(&(_, active_bytes)) = log.segments.back() else {
+            return false;
+        };
+        if active_bytes < self.config.max_segment_size
+            || log.segments.len() < self.config.max_segment_count
+        {
+            return false;
+        }
+        let Some(position) = self.hold_position(id) else {
+            return false;
+        };
+        // The append starts a new segment and drops the oldest; everything before the
+        // second oldest's start goes.
+        let kept_from = log.segments.get(1).map_or(log.appended, |&(start, _)| start);
+        position < kept_from
+    }
+
+    /// Wakes the log's parked publishers if nothing holds them any more.
+    fn check_release(&mut self, id: FilterId) {
+        if self.logs[id].waiters.is_empty() {
+            return;
+        }
+        let ready = self.logs[id].ready;
+        if ready && !(self.config.hold && self.would_drop_unread(id)) {
+            wake(&mut self.logs[id].waiters);
+        }
+    }
+}
+
+fn wake(waiters: &mut Vec<Arc<Notify>>) {
+    for waiter in waiters.drain(..) {
+        waiter.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(segment: u64, count: usize) -> Flow {
+        Flow::new(FlowConfig {
+            hold: true,
+            offline_hold: Duration::from_secs(30),
+            max_segment_size: segment,
+            max_segment_count: count,
+        })
+    }
+
+    fn client(id: &str) -> ReaderKey {
+        ReaderKey::Client(id.to_owned())
+    }
+
+    /// Appends while admitted; returns how many went in.
+    fn fill(flow: &mut Flow, topic: &[u8], size: u64, max: usize) -> usize {
+        for n in 0..max {
+            match flow.admit(topic) {
+                Admission::Append(logs) => flow.append(&logs, size),
+                _ => return n,
+            }
+        }
+        max
+    }
+
+    #[test]
+    fn publishes_wait_for_a_new_log_and_go_nowhere_without_a_subscriber() {
+        let mut flow = flow(100, 3);
+        assert_eq!(flow.admit(b"a/b"), Admission::NoSubscriber);
+        flow.subscribe(client("s"), "a/#");
+        assert_eq!(flow.admit(b"a/b"), Admission::Park(Park::Creating(0)));
+        let waiter = Arc::new(Notify::new());
+        assert_eq!(flow.park(&Park::Creating(0), &waiter), None);
+        flow.created("a/#");
+        assert_eq!(flow.admit(b"a/b"), Admission::Append(vec![0]));
+        assert_eq!(flow.admit(b"x"), Admission::NoSubscriber);
+    }
+
+    #[test]
+    fn a_reader_that_has_not_finished_the_oldest_segment_holds_publishers() {
+        // Segments of 100 counted bytes, 3 of them: 30 messages of 10 bytes fill the log.
+        let mut flow = flow(100, 3);
+        flow.subscribe(client("slow"), "t");
+        flow.created("t");
+        assert_eq!(fill(&mut flow, b"t", 10, 1000), 30);
+        let park = match flow.admit(b"t") {
+            Admission::Park(park) => park,
+            other => panic!("{other:?}"),
+        };
+        let waiter = Arc::new(Notify::new());
+        let change = flow.park(&park, &waiter);
+        assert_eq!(
+            change,
+            Some(Change::Holding {
+                filter: "t".into(),
+                reader: client("slow"),
+                lag: 30
+            })
+        );
+        // Reading within the oldest segment frees nothing; leaving it frees a segment.
+        flow.advanced(&client("slow"), "t", 9);
+        assert!(matches!(flow.admit(b"t"), Admission::Park(_)));
+        flow.advanced(&client("slow"), "t", 10);
+        assert_eq!(fill(&mut flow, b"t", 10, 1000), 10);
+        assert_eq!(flow.take_released().len(), 1);
+    }
+
+    #[test]
+    fn the_slowest_of_several_readers_and_a_group_as_a_whole_decide() {
+        let mut flow = flow(100, 2);
+        flow.subscribe(client("fast"), "t");
+        flow.subscribe(ReaderKey::Group("g".into()), "t");
+        flow.created("t");
+        assert_eq!(fill(&mut flow, b"t", 10, 1000), 20);
+        flow.advanced(&client("fast"), "t", 20);
+        assert!(matches!(flow.admit(b"t"), Admission::Park(_)));
+        // Two members of the group, each past part of the log: the group is past the first.
+        flow.advanced(&ReaderKey::Group("g".into()), "t", 7);
+        flow.advanced(&ReaderKey::Group("g".into()), "t", 12);
+        flow.advanced(&ReaderKey::Group("g".into()), "t", 11);
+        assert_eq!(fill(&mut flow, b"t", 10, 1000), 10);
+    }
+
+    #[test]
+    fn an_offline_session_holds_publishers_until_its_time_is_up() {
+        let mut flow = flow(100, 2);
+        flow.subscribe(client("away"), "t");
+        flow.created("t");
+        assert_eq!(fill(&mut flow, b"t", 10, 1000), 20);
+        flow.offline(&client("away"), "t");
+        assert!(matches!(flow.admit(b"t"), Admission::Park(_)));
+        assert!(flow.expire(Instant::now()).is_empty());
+        let later = Instant::now() + Duration::from_secs(31);
+        assert_eq!(flow.expire(later), vec![("t".to_owned(), client("away"))]);
+        assert_eq!(fill(&mut flow, b"t", 10, 1000), 1000);
+        // Back online at its old place: it counts again.
+        flow.online(client("away"), "t", Some(1005));
+        assert!(matches!(flow.admit(b"t"), Admission::Park(_)));
+    }
+
+    #[test]
+    fn without_holding_only_new_logs_wait() {
+        let mut flow = Flow::new(FlowConfig {
+            hold: false,
+            offline_hold: Duration::ZERO,
+            max_segment_size: 100,
+            max_segment_count: 2,
+        });
+        flow.subscribe(client("slow"), "t");
+        flow.created("t");
+        assert_eq!(fill(&mut flow, b"t", 10, 500), 500);
+        let (reader, lag) = flow.slowest(0).expect("a reader");
+        assert_eq!((reader, lag), (client("slow"), 500));
+    }
+
+    #[test]
+    fn readers_of_shared_subscriptions_read_the_inner_filters_log() {
+        assert_eq!(
+            ReaderKey::of("c1", "$share/g/sensors/#"),
+            (ReaderKey::Group("g".into()), "sensors/#".into())
+        );
+        assert_eq!(
+            ReaderKey::of("c1", "sensors/#"),
+            (ReaderKey::Client("c1".into()), "sensors/#".into())
+        );
+    }
+}
