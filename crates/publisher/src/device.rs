@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use mqtt_protocol::connect::{disconnect, first_connack, ConnectError};
-use mqtt_protocol::progress::Progress;
+use mqtt_client::connect::{disconnect, first_connack, ConnectError, Session};
+use mqtt_client::progress::Progress;
+use mqtt_client::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::reading::Reading;
-use mqtt_protocol::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::timing::now_unix_us;
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, Request};
 use tokio_util::sync::CancellationToken;
@@ -68,15 +68,16 @@ pub struct Connected {
 
 /// Connects one device and waits for the broker's CONNACK.
 pub async fn connect(args: &PublisherArgs, identity: Identity) -> Result<Connected, ConnectError> {
-    let mut options = args.broker.mqtt_options(identity.client_id.clone());
-    // A named client keeps its session, so the broker resumes it after a reconnect;
-    // a default id is random, and a session under it could never be resumed.
-    options
-        .set_inflight(args.inflight)
-        .set_clean_session(args.broker.client_id.is_none());
-    let (client, mut eventloop) = AsyncClient::new(options, usize::from(args.inflight));
-    args.broker.configure(&mut eventloop);
-    first_connack(&mut eventloop, &args.broker).await?;
+    let (client, mut eventloop) = args.client.broker.open(&Session {
+        client_id: identity.client_id.clone(),
+        // A named client keeps its session, so the broker resumes it after a reconnect;
+        // a default id is random, and a session under it could never be resumed.
+        clean: args.client.broker.client_id.is_none(),
+        inflight: Some(args.inflight),
+        manual_acks: false,
+        request_capacity: usize::from(args.inflight),
+    });
+    first_connack(&mut eventloop, &args.client.broker).await?;
     Ok(Connected {
         identity,
         stream_id: rand::random(),
@@ -170,7 +171,7 @@ pub async fn run(
     loop {
         // What was handed over, or went out: whichever the driver has seen more of.
         let target = handed_over.load(Ordering::Acquire).max(outcome.published);
-        let confirmed = if args.qos == 0 {
+        let confirmed = if args.client.qos == 0 {
             outcome.published
         } else {
             outcome.acked
@@ -190,7 +191,7 @@ pub async fn run(
             }
             event = eventloop.poll() => match event {
                 Ok(event) => {
-                    if tally(&mut outcome, &mut resends_due, &event, args.qos, &shared) {
+                    if tally(&mut outcome, &mut resends_due, &event, args.client.qos, &shared) {
                         activity += 1;
                     }
                 }
@@ -198,9 +199,9 @@ pub async fn run(
                     // Events of the lost connection still queued (a publish whose write
                     // failed, acks read in the last batch) count under its rules.
                     for event in std::mem::take(&mut eventloop.state.events) {
-                        tally(&mut outcome, &mut resends_due, &event, args.qos, &shared);
+                        tally(&mut outcome, &mut resends_due, &event, args.client.qos, &shared);
                     }
-                    if args.reconnect.reconnect_for == 0 {
+                    if args.client.reconnect.reconnect_for == 0 {
                         outcome.lost = Some(e.to_string());
                         break;
                     }
@@ -316,7 +317,14 @@ async fn resume(
     tokio::spawn(republish(client.clone(), fresh, stop.clone()));
     // rumqttc clears its (now empty) pending queue on a CONNACK without a session; the
     // ledger goes back after it either way.
-    reconnect(eventloop, lost, &args.broker, &args.reconnect, shutdown).await?;
+    reconnect(
+        eventloop,
+        lost,
+        &args.client.broker,
+        &args.client.reconnect,
+        shutdown,
+    )
+    .await?;
     eventloop.pending = ledger;
     send_pending(eventloop).await;
     Ok(resends)
@@ -377,7 +385,7 @@ async fn produce(
     handed_over: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
-    let qos = mqtt_protocol::connect::qos(args.qos);
+    let qos = mqtt_client::connect::qos(args.client.qos);
     let mut encoder = Encoder::new(&args, &identity.device_id, stream_id, plan.count);
     let last = match (plan.count, plan.schedule, plan.end) {
         (Some(count), _, _) => count,

@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use mqtt_protocol::connect::BrokerArgs;
-use mqtt_protocol::reconnect::ReconnectArgs;
+use mqtt_client::flags::ClientArgs;
 use mqtt_protocol::{exit, topic};
 
 /// Data consumer and verifier: subscribes to sensor readings, counts them, and proves
@@ -26,42 +25,25 @@ use mqtt_protocol::{exit, topic};
     name = "mqtt-subscriber",
     version,
     after_help = exit::HELP,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    mut_arg("count", |a| a.help("Distinct readings expected over all streams; stop once they arrived")),
+    mut_arg("progress_every", |a| a.help("Print `Messages received: N` every K messages (0: never)"))
 )]
 pub struct SubscriberArgs {
     #[command(subcommand)]
     pub command: Option<Command>,
 
     #[command(flatten)]
-    pub broker: BrokerArgs,
-
-    #[command(flatten)]
-    pub reconnect: ReconnectArgs,
+    pub client: ClientArgs,
 
     /// Topic filter to subscribe to (`+` and `#` wildcards allowed).
     #[arg(long, value_name = "FILTER", default_value = "sensors/#", value_parser = topic::parse_topic_filter)]
     pub topic: String,
 
-    /// Number of distinct readings expected over all streams; stop once they arrived.
-    #[arg(long, short = 'n', default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub count: u64,
-
-    /// MQTT quality of service for the subscription: 0, 1 or 2.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
-    pub qos: u8,
-
-    /// Print `Messages received: N` every K messages (0: never).
-    #[arg(long, value_name = "K", default_value_t = 1000)]
-    pub progress_every: u64,
-
     /// Stop when nothing arrived for this many seconds, counted from the first
     /// message (before it, wait as long as it takes).
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_seconds)]
     pub idle_timeout: f64,
-
-    /// Write the final report as JSON to PATH (`-` for stdout).
-    #[arg(long, value_name = "PATH")]
-    pub report_json: Option<PathBuf>,
 
     /// Keep a journal of what arrived in PATH and acknowledge readings only once they
     /// are on record; a subscriber killed and started again with the same PATH resumes
@@ -128,7 +110,7 @@ pub struct MergeArgs {
 impl SubscriberArgs {
     /// Checks what clap cannot check flag by flag.
     pub fn validate(&self) -> Result<(), String> {
-        self.broker.validate()?;
+        self.client.validate()?;
         if self.share.is_some() && self.state.is_some() {
             return Err(
                 "--share cannot be used with --state: a journal needs a persistent \
@@ -182,7 +164,10 @@ mod tests {
     fn the_flat_flags_still_run_the_subscriber() {
         let args = parse(&["--count", "5", "--topic", "a/#"]).unwrap();
         assert!(args.command.is_none());
-        assert_eq!((args.count, args.subscription().as_str()), (5, "a/#"));
+        assert_eq!(
+            (args.client.count, args.subscription().as_str()),
+            (5, "a/#")
+        );
         assert!(args.validate().is_ok());
     }
 

@@ -13,14 +13,14 @@ pub mod merge;
 
 use std::time::{Duration, Instant};
 
-use mqtt_protocol::connect::{disconnect, first_connack, qos, ConnectError};
-use mqtt_protocol::progress::Progress;
-use mqtt_protocol::reconnect::{reconnect, ReconnectError};
+use mqtt_client::connect::{disconnect, first_connack, qos, ConnectError, Session};
+use mqtt_client::progress::Progress;
+use mqtt_client::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::report::{rate, VerifyReport, SCHEMA_VERSION};
 use mqtt_protocol::resources::peak_rss_kib;
 use mqtt_protocol::timing::{now_unix_us, Timing};
 use mqtt_protocol::verify::Verifier;
-use rumqttc::{AsyncClient, ConnectionError, Event, Incoming, SubscribeReasonCode};
+use rumqttc::{ConnectionError, Event, Incoming, SubscribeReasonCode};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -61,26 +61,26 @@ impl SubscribeError {
     }
 }
 
-/// Subscribes and verifies until `args.count` distinct readings arrived, the stream
+/// Subscribes and verifies until `args.client.count` distinct readings arrived, the stream
 /// went idle, or `shutdown` fired.
 pub async fn run(
     args: SubscriberArgs,
     shutdown: CancellationToken,
 ) -> Result<VerifyReport, SubscribeError> {
-    let client_id = match (&args.broker.client_id, &args.state) {
+    let client_id = match (&args.client.broker.client_id, &args.state) {
         (Some(id), _) => id.clone(),
         (None, Some(path)) => journal::recorded_client_id(path)?
-            .unwrap_or_else(|| args.broker.client_id_or("mqtt-sub")),
-        (None, None) => args.broker.client_id_or("mqtt-sub"),
+            .unwrap_or_else(|| args.client.broker.client_id_or("mqtt-sub")),
+        (None, None) => args.client.broker.client_id_or("mqtt-sub"),
     };
-    let mut verifier = Verifier::new(args.count);
+    let mut verifier = Verifier::new(args.client.count);
     let mut batch = match &args.state {
         Some(path) => {
             let header = Header {
                 journal: 1,
                 client_id: client_id.clone(),
                 topic: args.topic.clone(),
-                count: args.count,
+                count: args.client.count,
             };
             let journal = Journal::open(path, &header, args.fsync, &mut verifier)?;
             if journal.replayed > 0 {
@@ -100,30 +100,35 @@ pub async fn run(
     // a shared subscription never does: rumqttd 0.20's router panics when the last
     // member of a group leaves with a persistent session and messages unacknowledged.
     let persistent =
-        args.share.is_none() && (args.broker.client_id.is_some() || args.state.is_some());
+        args.share.is_none() && (args.client.broker.client_id.is_some() || args.state.is_some());
     let subscription = args.subscription();
     let waiting_for = match args.share {
         Some(_) => " over the group (or the idle timeout)",
         None => "",
     };
-    let mut options = args.broker.mqtt_options(client_id.clone());
-    options
-        .set_clean_session(!persistent)
-        .set_manual_acks(batch.is_some());
-    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-    args.broker.configure(&mut eventloop);
-    first_connack(&mut eventloop, &args.broker).await?;
+    let (client, mut eventloop) = args.client.broker.open(&Session {
+        client_id: client_id.clone(),
+        clean: !persistent,
+        inflight: None,
+        manual_acks: batch.is_some(),
+        request_capacity: REQUEST_CAPACITY,
+    });
+    first_connack(&mut eventloop, &args.client.broker).await?;
     // The SUBACK is awaited in the main loop: a resumed session may deliver its backlog
     // before it, and every one of those readings must be counted.
-    let suback_timeout = Duration::from_secs(args.broker.connect_timeout);
+    let suback_timeout = Duration::from_secs(args.client.broker.connect_timeout);
     let mut awaiting_suback = true;
     let mut announced = false;
     client
-        .try_subscribe(subscription.as_str(), qos(args.qos))
+        .try_subscribe(subscription.as_str(), qos(args.client.qos))
         .map_err(|_| SubscribeError::SubscribeLost(ConnectionError::RequestsDone))?;
 
     let mut timing = Timing::new();
-    let progress = Progress::new("Messages received", args.progress_every, args.count);
+    let progress = Progress::new(
+        "Messages received",
+        args.client.progress_every,
+        args.client.count,
+    );
     let idle = Duration::from_secs_f64(args.idle_timeout);
     let process_delay = Duration::from_micros(args.process_delay_us);
     let mut last_arrival: Option<Instant> = None;
@@ -158,7 +163,7 @@ pub async fn run(
                 break;
             }
             _ = &mut suback_timer, if awaiting_suback => {
-                failure = Some(SubscribeError::NoSubAck(args.broker.connect_timeout).to_string());
+                failure = Some(SubscribeError::NoSubAck(args.client.broker.connect_timeout).to_string());
                 break;
             }
             _ = &mut ack_timer, if ack_armed.is_some() => {
@@ -193,13 +198,13 @@ pub async fn run(
                     if !announced {
                         announced = true;
                         info!(
-                            broker = %mqtt_protocol::failover::current(&eventloop),
+                            broker = %mqtt_client::failover::current(&eventloop),
                             client_id = %client_id,
                             persistent,
                             "subscribed to {} at QoS {}; waiting for {} readings{}",
                             subscription,
-                            args.qos,
-                            args.count,
+                            args.client.qos,
+                            args.client.count,
                             waiting_for
                         );
                     }
@@ -211,13 +216,13 @@ pub async fn run(
                         // the readings again and the journal already has them.
                         batch.abandon()?;
                     }
-                    match reconnect(&mut eventloop, lost, &args.broker, &args.reconnect, &shutdown).await {
+                    match reconnect(&mut eventloop, lost, &args.client.broker, &args.client.reconnect, &shutdown).await {
                         Ok(ack) => {
                             reconnects += 1;
                             if !ack.session_present {
                                 // The broker forgot us (restart, or a clean session):
                                 // subscribe again; the SUBACK is checked above.
-                                let _ = client.try_subscribe(subscription.as_str(), qos(args.qos));
+                                let _ = client.try_subscribe(subscription.as_str(), qos(args.client.qos));
                                 awaiting_suback = true;
                                 suback_timer.as_mut().reset(tokio::time::Instant::now() + suback_timeout);
                             }
@@ -264,7 +269,7 @@ pub async fn run(
         kind: "subscriber".into(),
         client_id,
         topic: args.topic.clone(),
-        qos: args.qos,
+        qos: args.client.qos,
         msgs_per_s: rate(verdict.received - resumed, elapsed),
         verdict,
         latency_us: timing.latency(),

@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
+use mqtt_client::{logging, shutdown};
 use mqtt_protocol::verify::Verdict;
-use mqtt_protocol::{exit, logging, report, shutdown};
+use mqtt_protocol::{exit, report};
 use mqtt_subscriber::cli::{Command, MergeArgs};
 use mqtt_subscriber::SubscriberArgs;
 
@@ -21,7 +22,7 @@ async fn main() -> ExitCode {
             .exit();
     }
     logging::init("info");
-    let report_path = args.report_json.clone();
+    let report_path = args.client.report_json.clone();
     let result = mqtt_subscriber::run(args, shutdown::on_signals()).await;
     let (report, error) = match &result {
         Ok(report) => (Some(report), None),
