@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use mqtt_client::flags::ClientArgs;
 use mqtt_protocol::{exit, topic};
 
+use crate::state::{Policy, Stage};
+
 /// Data consumer and verifier: subscribes to sensor readings, counts them, and proves
 /// that every expected reading arrived intact (no gaps, no corruption).
 ///
@@ -45,10 +47,11 @@ pub struct SubscriberArgs {
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_seconds)]
     pub idle_timeout: f64,
 
-    /// Keep a journal of what arrived in PATH and acknowledge readings only once they
-    /// are on record; a subscriber killed and started again with the same PATH resumes
-    /// with an exact verdict. Implies a persistent session (the client id is kept in
-    /// the file).
+    /// Keep what arrived in PATH (a journal, checkpointed to PATH.checkpoint so that it
+    /// stays about as small as the verifier's bitmaps) and acknowledge readings only once
+    /// they are on record; a subscriber killed and started again with the same PATH
+    /// resumes with an exact verdict. Implies a persistent session (the client id is kept
+    /// in the file).
     #[arg(long, value_name = "PATH")]
     pub state: Option<PathBuf>,
 
@@ -69,6 +72,16 @@ pub struct SubscriberArgs {
     /// the verdict. Always a clean session, even with --client-id; not with --state.
     #[arg(long, value_name = "GROUP", value_parser = share_group)]
     pub share: Option<String>,
+
+    /// Checkpoint the state once the journal holds this many bytes (and twice the last
+    /// checkpoint's size); for tests.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, hide = true)]
+    pub checkpoint_bytes: u64,
+
+    /// Pause (60 s) at this point of every checkpoint, saying so on stderr, so that a
+    /// test can kill the subscriber there.
+    #[arg(long, value_name = "STAGE", value_enum, hide = true)]
+    pub checkpoint_pause: Option<Stage>,
 
     /// Put each stream's set of received sequence numbers into the JSON report (base64
     /// of a roaring bitmap), so that `merge` can combine this report with others.
@@ -120,6 +133,14 @@ impl SubscriberArgs {
             );
         }
         Ok(())
+    }
+
+    /// When to checkpoint the --state (see `state`).
+    pub fn policy(&self) -> Policy {
+        Policy {
+            min_journal_bytes: self.checkpoint_bytes,
+            pause: self.checkpoint_pause,
+        }
     }
 
     /// The filter to subscribe with: `--topic`, or `$share/GROUP/<topic>` with `--share`.
