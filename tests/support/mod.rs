@@ -72,10 +72,19 @@ impl Proc {
 
     /// [`Proc::spawn`] with `env` set (and the user's MQTT_* settings never inherited).
     pub fn spawn_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_command(name, &bin(name), args, env)
+    }
+
+    /// Starts `program` (e.g. a shell that starts one of ours), named `name` in messages.
+    pub fn spawn_program(name: &str, program: &Path, args: &[&str]) -> Proc {
+        Proc::spawn_command(name, program, args, &[])
+    }
+
+    fn spawn_command(name: &str, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = fs::File::create(&stderr_path).expect("stderr file");
-        let child = Command::new(bin(name))
+        let child = Command::new(program)
             .args(args)
             .env_remove("MQTT_HOST")
             .env_remove("MQTT_PORT")
