@@ -5,7 +5,6 @@
 //! the *driver* polls the event loop, counting what went out and what came back.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,10 +15,11 @@ use mqtt_client::progress::Progress;
 use mqtt_client::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::reading::Reading;
 use mqtt_protocol::timing::now_unix_us;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, Request};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, Publish};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::ledger;
 use crate::pacing::Schedule;
 use crate::sensor::Sensor;
 use crate::PublisherArgs;
@@ -198,7 +198,7 @@ pub async fn run(
                 Err(e) => {
                     // Events of the lost connection still queued (a publish whose write
                     // failed, acks read in the last batch) count under its rules.
-                    for event in std::mem::take(&mut eventloop.state.events) {
+                    for event in ledger::events_left(&mut eventloop) {
                         tally(&mut outcome, &mut resends_due, &event, args.client.qos, &shared);
                     }
                     if args.client.reconnect.reconnect_for == 0 {
@@ -279,21 +279,11 @@ fn tally(
     true
 }
 
-/// The publisher's ledger across a lost connection: rumqttc keeps what the broker has
-/// not acknowledged in its pending queue, but clears that queue when the broker answers
-/// the reconnect without a session (always, after a broker restart). We keep a copy and
-/// put it back, so no reading is ever dropped by the client; the subscriber can then
-/// blame only the broker for what the broker lost.
-///
-/// The queue is split in two. Publishes that went out before (they have a packet id) are
-/// written again at once, first (see [`send_pending`]); the driver counts the first
-/// `resends` outgoing publishes as resends, the number returned. Publishes never sent
-/// (rumqttc moved them there from its request channel, plus one held back by a packet-id
-/// collision) go back through the request channel on a task of their own, under rumqttc's
-/// flow control: left in the pending queue, which rumqttc drains past its in-flight
-/// limit, each would take a packet id still held by a resend, and rumqttc keeps only the
-/// last of such collisions, silently dropping the others (999 readings lost in a test
-/// where a NATS node died with the window full).
+/// Rides out a lost connection keeping every reading (see [`ledger`]): publishes that
+/// went out before are written again at once after the CONNACK, first; the driver counts
+/// the first `resends` outgoing publishes as resends, the number returned. Publishes
+/// never sent go back through the request channel on a task of their own, under
+/// rumqttc's flow control.
 async fn resume(
     eventloop: &mut EventLoop,
     lost: ConnectionError,
@@ -302,19 +292,9 @@ async fn resume(
     stop: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> Result<u64, ReconnectError> {
-    let mut queued = std::mem::take(&mut eventloop.pending);
-    if let Some(mut collided) = eventloop.state.collision.take() {
-        collided.pkid = 0;
-        queued.push_back(Request::Publish(collided));
-    }
-    let (ledger, fresh): (VecDeque<Request>, VecDeque<Request>) = queued
-        .into_iter()
-        .partition(|r| !matches!(r, Request::Publish(p) if p.pkid == 0));
-    let resends = ledger
-        .iter()
-        .filter(|r| matches!(r, Request::Publish(_)))
-        .count() as u64;
-    tokio::spawn(republish(client.clone(), fresh, stop.clone()));
+    let unacked = ledger::take_unacknowledged(eventloop);
+    let resends = unacked.resends();
+    tokio::spawn(republish(client.clone(), unacked.fresh, stop.clone()));
     // rumqttc clears its (now empty) pending queue on a CONNACK without a session; the
     // ledger goes back after it either way.
     reconnect(
@@ -325,18 +305,14 @@ async fn resume(
         shutdown,
     )
     .await?;
-    eventloop.pending = ledger;
-    send_pending(eventloop).await;
+    ledger::send_again(eventloop, unacked.ledger).await;
     Ok(resends)
 }
 
 /// Hands never-sent publishes back to rumqttc's request channel, in order, waiting for
 /// room as the producer does.
-async fn republish(client: AsyncClient, fresh: VecDeque<Request>, stop: CancellationToken) {
-    for request in fresh {
-        let Request::Publish(p) = request else {
-            continue;
-        };
+async fn republish(client: AsyncClient, fresh: Vec<Publish>, stop: CancellationToken) {
+    for p in fresh {
         tokio::select! {
             _ = stop.cancelled() => return,
             sent = client.publish_bytes(p.topic.clone(), p.qos, p.retain, p.payload) => {
@@ -345,33 +321,6 @@ async fn republish(client: AsyncClient, fresh: VecDeque<Request>, stop: Cancella
                 }
             }
         }
-    }
-}
-
-/// Writes rumqttc's pending queue (the resends) to the new connection at once, through the same
-/// state machine its event loop uses (packet ids, in-flight table, `Outgoing` events).
-/// rumqttc itself sends that queue one request per timer tick: its `pending_throttle`
-/// sleep rounds even zero up to a millisecond, so a full window of 1,000 resends took a
-/// second, and under frequent cuts the publisher never got past its resends (about
-/// 1,000 readings/s). A write that fails leaves the rest queued; the next poll sees the
-/// broken connection and rumqttc takes back what was written, as usual.
-async fn send_pending(eventloop: &mut EventLoop) {
-    let Some(network) = eventloop.network.as_mut() else {
-        return;
-    };
-    while let Some(request) = eventloop.pending.pop_front() {
-        let written = match eventloop.state.handle_outgoing_packet(request) {
-            Ok(Some(packet)) => network.write(packet).await,
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            tracing::debug!("resending the pending queue failed: {e}");
-            return;
-        }
-    }
-    if let Err(e) = network.flush().await {
-        tracing::debug!("resending the pending queue failed: {e}");
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod cli;
 mod device;
+pub mod ledger;
 pub mod pacing;
 pub mod report;
 mod sensor;
