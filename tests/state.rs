@@ -5,11 +5,56 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 use support::{num, publish, read_json, Broker, Proc, Subscriber};
+
+/// A broker, and a subscriber's state file in a scratch directory: what every story here
+/// starts from.
+struct Setup {
+    broker: Broker,
+    n: u64,
+    count: String,
+    state: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(n: u64) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        Setup {
+            broker: Broker::start(),
+            n,
+            count: n.to_string(),
+            state: dir.path().join("sub.state"),
+            dir,
+        }
+    }
+
+    /// A subscriber's flags: `--count N --state PATH`, then `extra`.
+    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "--count",
+            &self.count,
+            "--state",
+            self.state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// Publishes the N readings, every one acknowledged by the broker.
+    fn publish_all(&self, timeout: Duration) {
+        let extra = ["--count", &self.count, "--progress-every", "0"];
+        let (status, published, stderr) = publish(self.broker.port, &extra, timeout);
+        assert!(
+            status.success() && num(&published, "acked") == self.n,
+            "{published}\n{stderr}"
+        );
+    }
+}
 
 /// Bytes on disk of the state at `path`: the journal, the checkpoint and any temporary
 /// file a checkpoint left.
@@ -50,51 +95,26 @@ fn verdict(report: &Value) -> Value {
 #[test]
 fn two_million_readings_leave_a_small_state_that_resumes_to_the_same_verdict() {
     const N: u64 = 2_000_000;
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("sub.state");
-    let count = N.to_string();
-    let state_arg = state.to_str().unwrap();
-    let args = [
-        "--count",
-        &count,
-        "--state",
-        state_arg,
-        "--idle-timeout",
-        "20",
-        "--progress-every",
-        "0",
-    ];
-    let subscriber = Subscriber::start(broker.port, &args);
-    let (status, published, stderr) = publish(
-        broker.port,
-        &["--count", &count, "--progress-every", "0"],
-        Duration::from_secs(240),
+    let setup = Setup::new(N);
+    let subscriber = Subscriber::start(
+        setup.broker.port,
+        &setup.args(&["--idle-timeout", "20", "--progress-every", "0"]),
     );
-    assert!(status.success(), "{stderr}");
-    assert_eq!(num(&published, "acked"), N);
+    setup.publish_all(Duration::from_secs(240));
     let (status, first) = subscriber.finish(Duration::from_secs(240));
-    assert!(status.success(), "{first}");
-    assert_eq!(first["complete"], true, "{first}");
-    let bytes = state_bytes(&state);
+    assert!(status.success() && first["complete"] == true, "{first}");
+    let state = &setup.state;
+    let bytes = state_bytes(state);
     eprintln!("state after {N} readings: {bytes} bytes on disk");
     // Without checkpoints the journal alone would be 25 bytes a reading: 50 MB.
     assert!(bytes <= 4_000_000, "{bytes} bytes of state");
 
     // Started again with that state, it has every reading already and says so.
-    let report = dir.path().join("again.json");
+    let report = setup.dir.path().join("again.json");
+    let port = setup.broker.port_arg();
     let mut again = Proc::spawn(
         "mqtt-subscriber",
-        &[
-            "--port",
-            &broker.port_arg(),
-            "--report-json",
-            report.to_str().unwrap(),
-            "--count",
-            &count,
-            "--state",
-            state_arg,
-        ],
+        &setup.args(&["--port", &port, "--report-json", report.to_str().unwrap()]),
     );
     let status = again.wait(Duration::from_secs(60));
     let second = read_json(&report, &again);
@@ -137,59 +157,39 @@ fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
 #[test]
 fn a_subscriber_killed_at_each_point_of_a_checkpoint_resumes_exactly() {
     const N: u64 = 40_000;
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("sub.state");
-    let count = N.to_string();
-    let port = broker.port_arg();
+    let setup = Setup::new(N);
+    let state = &setup.state;
+    let port = setup.broker.port_arg();
+    // A checkpoint every 4,000 readings or so.
     let base = [
-        "--count",
-        &count,
-        "--state",
-        state.to_str().unwrap(),
         "--client-id",
         "checkpoint-crash",
-        "--idle-timeout",
-        "5",
-        // A checkpoint every 4,000 readings or so.
         "--checkpoint-bytes",
         "100000",
     ];
-    let with_pause = |stage: &str| {
-        let mut args = vec!["--port", &port];
-        args.extend_from_slice(&base);
-        args.extend(["--checkpoint-pause", stage]);
-        args.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    let with_pause = |stage: &'static str| {
+        let mut args = setup.args(&base);
+        args.extend(["--idle-timeout", "5", "--checkpoint-pause", stage]);
+        args
     };
     // Subscribed before anything is published: its session keeps what the others take.
-    let first = Subscriber::start(
-        broker.port,
-        &with_pause(STAGES[0].0)[2..]
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    let (status, published, stderr) =
-        publish(broker.port, &["--count", &count], Duration::from_secs(120));
-    assert!(status.success(), "{stderr}");
-    assert_eq!(num(&published, "acked"), N);
+    let first = Subscriber::start(setup.broker.port, &with_pause(STAGES[0].0));
+    setup.publish_all(Duration::from_secs(120));
     let mut sub = first.proc;
     for (i, (stage, on_disk)) in STAGES.iter().enumerate() {
         if i > 0 {
             // A resumed session's backlog may fill a checkpoint before the SUBACK.
-            let args = with_pause(stage);
-            sub = Proc::spawn(
-                "mqtt-subscriber",
-                &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            );
+            let mut args = with_pause(stage);
+            args.extend(["--port", &port]);
+            sub = Proc::spawn("mqtt-subscriber", &args);
         }
         sub.wait_for_stderr("checkpoint paused at", Duration::from_secs(60));
-        on_disk(&state);
+        on_disk(state);
         sub.signal(libc::SIGKILL);
         sub.wait(Duration::from_secs(10));
         eprintln!("killed during a checkpoint, at {stage}");
     }
-    let last = Subscriber::start(broker.port, &base);
+    let last = Subscriber::start(setup.broker.port, &setup.args(&base));
     let (status, report) = last.finish(Duration::from_secs(120));
     assert!(status.success(), "{report}");
     assert_eq!(report["complete"], true, "{report}");
@@ -210,24 +210,12 @@ fn a_subscriber_killed_at_each_point_of_a_checkpoint_resumes_exactly() {
 #[test]
 fn a_state_file_that_cannot_be_written_ends_the_run_with_its_report() {
     const N: u64 = 20_000;
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("sub.state");
-    let report = dir.path().join("sub.json");
-    let count = N.to_string();
-    let port = broker.port_arg();
-    let args = [
-        "--port",
-        &port,
-        "--count",
-        &count,
-        "--state",
-        state.to_str().unwrap(),
-        "--client-id",
-        "disk-full",
-        "--report-json",
-        report.to_str().unwrap(),
-    ];
+    let setup = Setup::new(N);
+    let report = setup.dir.path().join("sub.json");
+    let port = setup.broker.port_arg();
+    let named = ["--client-id", "disk-full"];
+    let mut args = setup.args(&named);
+    args.extend(["--port", &port, "--report-json", report.to_str().unwrap()]);
     // A file size limit of 64 KiB (ulimit -f counts 512-byte blocks in sh), with
     // SIGXFSZ ignored so that the write fails (EFBIG) as it would on a full disk.
     let mut sub = Proc::spawn_program(
@@ -241,8 +229,7 @@ fn a_state_file_that_cannot_be_written_ends_the_run_with_its_report() {
         .concat(),
     );
     sub.wait_for_stderr("subscribed to", Duration::from_secs(20));
-    let (status, _, stderr) = publish(broker.port, &["--count", &count], Duration::from_secs(60));
-    assert!(status.success(), "{stderr}");
+    setup.publish_all(Duration::from_secs(60));
     let status = sub.wait(Duration::from_secs(60));
     let stderr = sub.stderr();
     assert_eq!(status.code(), Some(1), "{stderr}");
@@ -262,7 +249,7 @@ fn a_state_file_that_cannot_be_written_ends_the_run_with_its_report() {
 
     // What was on record stays good: without the limit, the same state resumes and ends
     // complete.
-    let again = Subscriber::start(broker.port, &args[2..8]);
+    let again = Subscriber::start(setup.broker.port, &setup.args(&named));
     let (status, report) = again.finish(Duration::from_secs(60));
     assert!(status.success(), "{report}");
     assert_eq!(num(&report, "distinct"), N, "{report}");

@@ -167,12 +167,8 @@ impl Scenario {
             // cluster (a replicated JetStream consumer) and survives a node.
             sub_args.extend(strings(&["--client-id", "bench-subscriber"]));
         }
-        let mut sub = spawn(
-            "subscriber",
-            &self.bin_dir.join("mqtt-subscriber"),
-            &sub_args,
-            dir,
-        )?;
+        let subscriber = self.bin_dir.join("mqtt-subscriber");
+        let mut sub = spawn("subscriber", &subscriber, &sub_args, dir)?;
         sub.wait_until("subscription", Duration::from_secs(20), |p| {
             p.stderr().contains("subscribed to")
         })?;
@@ -186,12 +182,8 @@ impl Scenario {
         ]);
         args.extend_from_slice(publisher_args);
         let started = Instant::now();
-        let mut publisher = spawn(
-            "publisher",
-            &self.publisher_dir.join("mqtt-publisher"),
-            &args,
-            dir,
-        )?;
+        let program = self.publisher_dir.join("mqtt-publisher");
+        let mut publisher = spawn("publisher", &program, &args, dir)?;
         let sub_exit = sub.wait(timeout)?;
         let pub_exit = publisher.wait(Duration::from_secs(30))?;
         let wall_s = sub_exit.at.duration_since(started).as_secs_f64();

@@ -537,36 +537,25 @@ mod tests {
 
     #[test]
     fn refusals_say_what_to_check() {
-        let err = classify(
-            ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
-            "h:1",
-            5,
-        );
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        for (error, says) in [
+            (
+                ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
+                "check --username and the MQTT_PASSWORD",
+            ),
+            (
+                ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
+                "requires authentication",
+            ),
+            (ConnectionError::Io(emfile), "ulimit -n"),
+        ] {
+            let err = classify(error, "h:1", 5).to_string();
+            assert!(err.contains(says), "{err}");
+        }
+        let aborted = ConnectionError::MqttState(StateError::ConnectionAborted);
+        let err = classify(aborted, "h:1", 5).to_string();
         assert!(
-            err.to_string()
-                .contains("check --username and the MQTT_PASSWORD"),
-            "{err}"
-        );
-        let err = classify(
-            ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
-            "h:1",
-            5,
-        );
-        assert!(err.to_string().contains("requires authentication"), "{err}");
-        let err = classify(
-            ConnectionError::Io(std::io::Error::from_raw_os_error(libc::EMFILE)),
-            "h:1",
-            5,
-        );
-        assert!(err.to_string().contains("ulimit -n"), "{err}");
-        let err = classify(
-            ConnectionError::MqttState(StateError::ConnectionAborted),
-            "h:1",
-            5,
-        );
-        assert!(
-            err.to_string()
-                .starts_with("connection closed during handshake"),
+            err.starts_with("connection closed during handshake"),
             "{err}"
         );
     }

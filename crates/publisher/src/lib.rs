@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use mqtt_client::connect::ConnectError;
 use mqtt_client::progress::Progress;
-use mqtt_protocol::report::{rate, PublishReport, SCHEMA_VERSION};
+use mqtt_protocol::report::{rate, Partial, PublishReport, SCHEMA_VERSION};
 use mqtt_protocol::resources::peak_rss_kib;
 use mqtt_protocol::timing::now_unix_us;
 use tokio::task::JoinSet;
@@ -42,9 +42,9 @@ pub enum PublishError {
     },
 }
 
-impl PublishError {
+impl Partial<RunReport> for PublishError {
     /// What had been done before the failure, if the connections were ever up.
-    pub fn partial_report(&self) -> Option<&RunReport> {
+    fn partial_report(&self) -> Option<&RunReport> {
         match self {
             PublishError::Connect(_) => None,
             PublishError::ConnectionLost { report, .. } => Some(report),

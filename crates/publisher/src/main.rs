@@ -21,11 +21,7 @@ async fn main() -> ExitCode {
     check_open_file_limit(args.devices);
     let report_path = args.client.report_json.clone();
     let result = mqtt_publisher::run(args, shutdown::on_signals()).await;
-    let (report, error) = match &result {
-        Ok(report) => (Some(report), None),
-        Err(e) => (e.partial_report(), Some(e as &dyn std::fmt::Display)),
-    };
-    report::conclude(report, error, report_path.as_deref(), |r| {
+    report::conclude_run(&result, report_path.as_deref(), |r| {
         if r.summary.interrupted {
             exit::INTERRUPTED
         } else if !r.summary.complete {

@@ -14,7 +14,7 @@ mod run;
 pub mod state;
 
 use mqtt_client::connect::{disconnect, first_connack, qos, ConnectError, Session};
-use mqtt_protocol::report::{rate, VerifyReport, SCHEMA_VERSION};
+use mqtt_protocol::report::{rate, Partial, VerifyReport, SCHEMA_VERSION};
 use mqtt_protocol::resources::peak_rss_kib;
 use mqtt_protocol::verify::Verifier;
 use rumqttc::ConnectionError;
@@ -50,9 +50,9 @@ pub enum SubscribeError {
     },
 }
 
-impl SubscribeError {
+impl Partial<VerifyReport> for SubscribeError {
     /// What had been verified before the failure, if anything.
-    pub fn partial_report(&self) -> Option<&VerifyReport> {
+    fn partial_report(&self) -> Option<&VerifyReport> {
         match self {
             SubscribeError::Stopped { report, .. } => Some(report),
             _ => None,

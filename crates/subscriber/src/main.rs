@@ -24,11 +24,7 @@ async fn main() -> ExitCode {
     logging::init("info");
     let report_path = args.client.report_json.clone();
     let result = mqtt_subscriber::run(args, shutdown::on_signals()).await;
-    let (report, error) = match &result {
-        Ok(report) => (Some(report), None),
-        Err(e) => (e.partial_report(), Some(e as &dyn std::fmt::Display)),
-    };
-    report::conclude(report, error, report_path.as_deref(), |r| {
+    report::conclude_run(&result, report_path.as_deref(), |r| {
         if r.interrupted {
             exit::INTERRUPTED
         } else if r.share_group.is_some() && r.verdict.corrupt == 0 {
