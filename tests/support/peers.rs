@@ -278,15 +278,23 @@ pub struct Message {
 /// debug lines (`-d`, for SUBACK) go to the same stdout.
 const MESSAGE_PREFIX: &str = "MSG ";
 
-/// A `mosquitto_sub` that has its SUBACK, printing each message as one line.
+/// A `mosquitto_sub` that has its SUBACK, printing each message as one line. It also
+/// subscribes to a marker topic of its own (last), so that [`Self::messages_settled`] can
+/// tell when everything the broker had for it has arrived.
 pub struct MosquittoSub {
     pub program: Program,
+    port: u16,
+    marker: String,
 }
 
 impl MosquittoSub {
     /// Starts `mosquitto_sub -h 127.0.0.1 -p PORT` with `args` (topics, QoS, `-C`, ...)
     /// and waits for its SUBACK.
     pub fn start(path: &Path, port: u16, args: &[&str]) -> MosquittoSub {
+        static MARKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("marker/{}-{n}", std::process::id());
+        let port_number = port;
         let port = port.to_string();
         let mut all = vec![
             "-h",
@@ -298,6 +306,7 @@ impl MosquittoSub {
             "MSG %r %q %t %p",
         ];
         all.extend_from_slice(args);
+        all.extend(["-t", &marker]);
         // Its debug lines (SUBACK, PUBREC, ...) are block-buffered into a file and would
         // show only when a message flushes them: stdbuf (coreutils) makes stdout
         // line-buffered, so the SUBACK can be waited for.
@@ -314,7 +323,11 @@ impl MosquittoSub {
         program.wait_for_stdout("SUBACK", READY_TIMEOUT, |out| {
             out.contains("Subscribed (mid:")
         });
-        MosquittoSub { program }
+        MosquittoSub {
+            program,
+            port: port_number,
+            marker,
+        }
     }
 
     /// The QoS levels the broker granted, from the SUBACK line (`Subscribed (mid: 1): 1`).
@@ -329,26 +342,58 @@ impl MosquittoSub {
             .unwrap_or("")
             .split(',')
             .filter_map(|q| q.trim().parse().ok())
-            .collect()
+            .collect::<Vec<u8>>()
+            .split_last()
+            .map_or(Vec::new(), |(_marker, asked)| asked.to_vec())
     }
 
-    /// Every message printed so far.
+    /// Every message printed so far (but the markers).
     pub fn messages(&self) -> Vec<Message> {
-        parse_messages(&self.program.stdout())
+        self.parse(&self.program.stdout())
+    }
+
+    fn parse(&self, out: &str) -> Vec<Message> {
+        let mut messages = parse_messages(out);
+        messages.retain(|m| m.topic != self.marker);
+        messages
     }
 
     /// Waits until at least `count` messages arrived (or panics after `timeout`).
     pub fn wait_messages(&mut self, count: usize, timeout: Duration) -> Vec<Message> {
+        let marker = self.marker.clone();
         self.program
             .wait_for_stdout(&format!("{count} messages"), timeout, |out| {
-                parse_messages(out).len() >= count
+                parse_messages(out)
+                    .iter()
+                    .filter(|m| m.topic != marker)
+                    .count()
+                    >= count
             });
         self.messages()
     }
 
-    /// Waits `quiet` and returns whatever arrived by then: for checks that nothing comes.
-    pub fn messages_after(&self, quiet: Duration) -> Vec<Message> {
-        std::thread::sleep(quiet);
+    /// Every message the broker had for this subscriber, for checks that nothing (else)
+    /// comes: publishes a marker to its marker topic and waits (bounded) until the marker
+    /// arrives, after whatever the broker sent it before.
+    pub fn messages_settled(&self) -> Vec<Message> {
+        let publisher = find_program("mosquitto_pub").expect("mosquitto_pub");
+        mosquitto_pub_run(
+            &publisher,
+            self.port,
+            &["-t", &self.marker, "-q", "1", "-m", "."],
+        );
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !parse_messages(&self.program.stdout())
+            .iter()
+            .any(|m| m.topic == self.marker)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the marker never reached mosquitto_sub\n{}",
+                self.program.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.messages()
     }
 
