@@ -443,32 +443,22 @@ mod tests {
         PublisherArgs::parse_from(std::iter::once("mqtt-publisher").chain(extra.iter().copied()))
     }
 
+    /// The names device `index` gets, as plain strings.
+    fn names(a: &PublisherArgs, index: u32, prefix: &str) -> [String; 3] {
+        let id = Identity::new(a, index, prefix);
+        [id.client_id, id.device_id, id.topic]
+    }
+
     #[test]
     fn one_device_keeps_the_names_given() {
         let a = args(&["--topic", "t/x", "--device-id", "d"]);
-        let id = Identity::new(&a, 1, "pub-1");
-        assert_eq!(
-            (
-                id.client_id.as_str(),
-                id.device_id.as_str(),
-                id.topic.as_str()
-            ),
-            ("pub-1", "d", "t/x")
-        );
+        assert_eq!(names(&a, 1, "pub-1"), ["pub-1", "d", "t/x"]);
     }
 
     #[test]
     fn several_devices_get_names_and_topics_of_their_own() {
         let a = args(&["--topic", "t/x", "--device-id", "d", "--devices", "3"]);
-        let id = Identity::new(&a, 3, "pub");
-        assert_eq!(
-            (
-                id.client_id.as_str(),
-                id.device_id.as_str(),
-                id.topic.as_str()
-            ),
-            ("pub-3", "d-3", "t/x/d-3")
-        );
+        assert_eq!(names(&a, 3, "pub"), ["pub-3", "d-3", "t/x/d-3"]);
         assert!(a.validate().is_ok());
         let bad = args(&["--device-id", "a+b", "--devices", "2"]);
         assert!(bad.validate().is_err());
