@@ -128,6 +128,7 @@ const PAUSE: Duration = Duration::from_secs(60);
 pub struct State {
     path: PathBuf,
     journal: Journal,
+    fsync: bool,
     policy: Policy,
     last_checkpoint_len: u64,
     /// Arrivals on record when the run started (checkpoint and journal together).
@@ -166,6 +167,7 @@ impl State {
         let state = State {
             path: path.to_owned(),
             journal,
+            fsync,
             policy,
             last_checkpoint_len,
             resumed: verifier.received(),
@@ -226,7 +228,7 @@ impl State {
             generation: header.generation + 1,
             ..header
         };
-        self.journal = Journal::create(&self.path, next, false, || {
+        self.journal = Journal::create(&self.path, next, self.fsync, || {
             pause_at(pause, Stage::JournalWritten)
         })?;
         Ok(())
