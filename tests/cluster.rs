@@ -1,16 +1,18 @@
 //! A real cluster: three NATS Server nodes speaking MQTT, from the configuration in
-//! config/nats started by `scripts/cluster up` on free loopback ports, with our publisher
-//! on node 1 and a persistent-session subscriber on node 2. First a plain run, then the
-//! same with a node SIGKILLed mid-run while its client fails over to another node.
+//! config/nats started on free loopback ports exactly as `scripts/cluster up` starts them
+//! (`mqtt_harness::nats`), with our publisher on node 1 and a persistent-session
+//! subscriber on node 2. First a plain run, then the same with a node SIGKILLed mid-run
+//! while its client fails over to another node; and `scripts/cluster` itself.
 //! Skipped (with a message) without nats-server; a failure under CI=true.
 
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use mqtt_harness::nats;
 use serde_json::Value;
 use support::{num, peers, read_json, Proc, Subscriber};
 
@@ -25,7 +27,7 @@ const DEVICES: u64 = 10;
 /// One cluster at a time: three clusters of three nodes at once would measure the
 /// machine, not the cluster.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-/// Bound on `scripts/cluster up` (it waits up to CLUSTER_WAIT for /healthz itself).
+/// Bound on the cluster's start-up (every node healthy).
 const UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on a whole run. The cluster does a few thousand QoS 1 readings a second when
 /// healthy and a few hundred with a node down; in some runs (each time we looked, the
@@ -36,48 +38,29 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(420);
 /// Three nodes of config/nats on free loopback ports, in a temporary directory; every
 /// node is SIGKILLed when this is dropped.
 struct NatsCluster {
-    dir: tempfile::TempDir,
-    mqtt: [u16; 3],
-    http: [u16; 3],
+    cluster: nats::Cluster,
+    _dir: tempfile::TempDir,
 }
 
 impl NatsCluster {
     fn up(nats_server: &Path) -> NatsCluster {
+        let config = nats::config_dir(peers::workspace_root());
         let mut failure = String::new();
         // Free ports are found by binding and releasing them; should another process
         // take one in between, a node fails to listen and we try other ports.
         for _ in 0..3 {
             let dir = tempfile::tempdir().expect("temp dir");
-            let mut env = vec![
-                ("CLUSTER_DIR".to_owned(), dir.path().display().to_string()),
-                ("NATS_SERVER".to_owned(), nats_server.display().to_string()),
-                ("CLUSTER_WAIT".to_owned(), "40".to_owned()),
-            ];
-            let (mut mqtt, mut http) = ([0u16; 3], [0u16; 3]);
-            for n in 0..3 {
-                for kind in ["CLIENT", "CLUSTER", "HTTP", "MQTT"] {
-                    let port = support::closed_port();
-                    match kind {
-                        "MQTT" => mqtt[n] = port,
-                        "HTTP" => http[n] = port,
-                        _ => {}
-                    }
-                    env.push((format!("NATS_NODE{}_{kind}_PORT", n + 1), port.to_string()));
-                }
+            let ports = nats::Ports::free().expect("free ports");
+            match nats::Cluster::start(nats_server, &config, dir.path(), ports, UP_TIMEOUT) {
+                Ok(cluster) => return NatsCluster { cluster, _dir: dir },
+                Err(e) => failure = e.to_string(),
             }
-            let (ok, output) = cluster_script("up", &env, UP_TIMEOUT);
-            let cluster = NatsCluster { dir, mqtt, http };
-            if ok {
-                eprintln!("{output}");
-                return cluster;
-            }
-            failure = output;
         }
-        panic!("scripts/cluster up failed three times; last output:\n{failure}");
+        panic!("the cluster failed to start three times; last:\n{failure}");
     }
 
     fn port(&self, node: usize) -> u16 {
-        self.mqtt[node - 1]
+        self.cluster.mqtt(node)
     }
 
     /// `--broker 127.0.0.1:PORT` for each node number given, in that order: a client
@@ -85,36 +68,20 @@ impl NatsCluster {
     fn brokers(&self, nodes: &[usize]) -> Vec<String> {
         nodes
             .iter()
-            .flat_map(|&n| {
-                [
-                    "--broker".to_owned(),
-                    format!("127.0.0.1:{}", self.mqtt[n - 1]),
-                ]
-            })
+            .flat_map(|&n| ["--broker".to_owned(), format!("127.0.0.1:{}", self.port(n))])
             .collect()
     }
 
-    fn pid(&self, node: usize) -> Option<i32> {
-        std::fs::read_to_string(self.dir.path().join(format!("node{node}.pid")))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
     /// SIGKILL: the node gets no chance to hand anything over.
-    fn kill(&self, node: usize) {
-        let pid = self.pid(node).expect("the node's pid file");
-        // SAFETY: kill(2) on a process this test started; no memory-safety preconditions.
-        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-        assert_eq!(rc, 0, "kill -9 node{node} (pid {pid})");
+    fn kill(&mut self, node: usize) {
+        self.cluster.kill(node);
     }
 
     /// Where the consumers of the $MQTT_msgs stream (one per QoS 1 subscription) have
     /// their leaders, from a surviving node's /jsz; for the failure message.
     fn consumers(&self, via_node: usize) -> String {
-        let port = self.http[via_node - 1];
-        let body = http_get(port, "/jsz?consumers=true").unwrap_or_default();
+        let port = self.cluster.ports.http[via_node - 1];
+        let body = nats::http_get(port, "/jsz?consumers=true").unwrap_or_default();
         let Ok(json) = serde_json::from_str::<Value>(&body) else {
             return format!("(no /jsz from node{via_node})");
         };
@@ -137,66 +104,8 @@ impl NatsCluster {
     }
 
     fn log(&self, node: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("node{node}.log"))).unwrap_or_default()
+        self.cluster.log(node)
     }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for node in 1..=3 {
-            if let Some(pid) = self.pid(node) {
-                // SAFETY: as in `kill`; a node that already died makes this a no-op
-                // (or, at worst, ESRCH).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
-/// Runs `scripts/cluster CMD` with `env`, bounded by `timeout`; returns whether it
-/// succeeded and its output.
-fn cluster_script(cmd: &str, env: &[(String, String)], timeout: Duration) -> (bool, String) {
-    let out_dir = tempfile::tempdir().expect("temp dir");
-    let out_path = out_dir.path().join("out");
-    let out = std::fs::File::create(&out_path).expect("output file");
-    let mut child = Command::new(peers::workspace_root().join("scripts/cluster"))
-        .arg(cmd)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("clone"))
-        .stderr(out)
-        .spawn()
-        .expect("running scripts/cluster");
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-    match status {
-        Some(s) => (s.success(), text),
-        None => (false, format!("timed out after {timeout:?}\n{text}")),
-    }
-}
-
-/// GET over plain HTTP/1.0 on 127.0.0.1 (the nodes' monitoring port); the body.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).ok()?;
-    reply
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
 }
 
 /// Starts our publisher with `args` (it runs alongside the test); its report goes to
@@ -307,7 +216,7 @@ fn twenty_thousand_readings_cross_the_cluster_from_node_1_to_node_2() {
 fn kill_mid_run(victim: usize, client_id: &str) {
     let Some((server, _one)) = nats() else { return };
     let started = Instant::now();
-    let cluster = NatsCluster::up(&server);
+    let mut cluster = NatsCluster::up(&server);
     let mut sub = start_subscriber(cluster.port(2), &cluster.brokers(&[2, 3, 1]), client_id);
     let dir = tempfile::tempdir().expect("temp dir");
     let pub_report = dir.path().join("publisher.json");
@@ -388,4 +297,44 @@ fn the_subscribers_node_killed_mid_run_loses_nothing() {
 #[test]
 fn the_publishers_node_killed_mid_run_loses_nothing() {
     kill_mid_run(1, "cluster-sub-kill1");
+}
+
+#[test]
+fn scripts_cluster_starts_reports_and_stops_the_nodes() {
+    let Some((server, _one)) = nats() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = peers::workspace_root().join("scripts/cluster");
+    let cluster = |cmd: &str| {
+        let mut command = Command::new(&script);
+        command
+            .arg(cmd)
+            .env("CLUSTER_DIR", dir.path())
+            .env("NATS_SERVER", &server)
+            .env("CLUSTER_WAIT", "40");
+        for n in nats::NODES {
+            for kind in ["CLIENT", "CLUSTER", "HTTP", "MQTT"] {
+                let port = support::closed_port().to_string();
+                command.env(format!("NATS_NODE{n}_{kind}_PORT"), port);
+            }
+        }
+        let mut proc = Proc::start(&format!("scripts-cluster-{cmd}"), &mut command);
+        let status = proc.wait(UP_TIMEOUT);
+        (status, proc.stdout(), proc.stderr())
+    };
+    let (status, out, err) = cluster("up");
+    assert!(status.success(), "{out}\n{err}");
+    assert_eq!(out.matches(", healthy").count(), 3, "{out}");
+    let (status, out, _) = cluster("status");
+    assert!(
+        status.success() && out.matches("running (pid").count() == 3,
+        "{out}"
+    );
+    let (status, out, _) = cluster("down");
+    assert!(
+        status.success() && out.contains("stopped 3 node(s)"),
+        "{out}"
+    );
+    let (status, out, _) = cluster("status");
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert_eq!(out.matches(": stopped").count(), 3, "{out}");
 }

@@ -410,7 +410,14 @@ fn shared_subscription_disconnect_does_not_kill_routing() {
     for i in 1..=20u16 {
         publisher.send(&publish(b"jobs", 1, i, b"job"));
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // Every job is in the broker once it is acknowledged.
+    for i in 1..=20u16 {
+        assert_eq!(
+            publisher.read_packet(),
+            (0x40, i.to_be_bytes().to_vec()),
+            "PUBACK {i}"
+        );
+    }
     persistent.send(&[0xC0, 0]);
     assert_eq!(
         persistent.read_packet(),

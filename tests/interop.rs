@@ -416,7 +416,7 @@ fn retained_messages_reach_late_subscribers_with_the_retain_flag() {
         );
         let got = late.wait_messages(2, Duration::from_secs(5));
         assert_eq!(
-            payloads(&late.messages_after(Duration::from_millis(300))),
+            payloads(&late.messages_settled()),
             ["second", "live"],
             "{target:?}"
         );
@@ -430,7 +430,6 @@ fn an_empty_publish_clears_a_retained_message_on_our_broker_even_without_the_ret
         return;
     };
     on_both_brokers(|target, port| {
-        let quiet = Duration::from_secs(1);
         // Both brokers: an empty *retained* publish clears the retained message (MQTT 3.3.1.3).
         peers::mosquitto_pub_run(
             &pub_,
@@ -443,7 +442,7 @@ fn an_empty_publish_clears_a_retained_message_on_our_broker_even_without_the_ret
             &["-t", "interop/empty/retained", "-q", "1", "-r", "-n"],
         );
         let late = MosquittoSub::start(&sub, port, &["-t", "interop/empty/retained", "-q", "1"]);
-        assert_eq!(late.messages_after(quiet), [], "{target:?}");
+        assert_eq!(late.messages_settled(), [], "{target:?}");
 
         // An empty publish *without* retain must leave the retained message alone. rumqttd
         // limitation: it clears the retained message on any empty payload
@@ -455,7 +454,7 @@ fn an_empty_publish_clears_a_retained_message_on_our_broker_even_without_the_ret
         );
         peers::mosquitto_pub_run(&pub_, port, &["-t", "interop/empty/plain", "-q", "1", "-n"]);
         let late = MosquittoSub::start(&sub, port, &["-t", "interop/empty/plain", "-q", "1"]);
-        let got = payloads(&late.messages_after(quiet)).join(",");
+        let got = payloads(&late.messages_settled()).join(",");
         match target {
             Target::Ours => assert_eq!(got, "", "rumqttd clears on any empty publish"),
             Target::Mosquitto => assert_eq!(got, "kept?"),
@@ -492,7 +491,7 @@ fn a_will_is_published_when_a_client_dies_and_not_when_it_disconnects() {
 
         observer.wait_messages(2, Duration::from_secs(10));
         let got: Vec<(String, String)> = observer
-            .messages_after(Duration::from_millis(500))
+            .messages_settled()
             .into_iter()
             .map(|m| (m.topic, m.payload))
             .collect();

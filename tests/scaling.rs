@@ -185,13 +185,8 @@ fn killing_the_last_member_of_a_share_group_leaves_the_broker_routing() {
     let (status, _, stderr) = publisher.join().expect("publisher thread");
     assert!(status.success(), "publisher failed: {status}\n{stderr}");
 
-    // The broker is alive and still routes, to a new member of the same group too.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        !broker.proc.stderr().contains("panicked"),
-        "{}",
-        broker.proc.stderr()
-    );
+    // The broker is alive and still routes, to a new member of the same group too: the
+    // new member's SUBACK and readings come after the router dealt with the dead one.
     let after = Subscriber::start(
         broker.port,
         &[

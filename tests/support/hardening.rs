@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -327,7 +327,7 @@ async fn stream(
 }
 
 /// Runs one of the workspace's binaries to its end with `env` set (and the MQTT_* variables
-/// cleared first), killing it after `limit`: (status, stdout, stderr).
+/// cleared first) and `stdin` as its input, killing it after `limit`: (status, stdout, stderr).
 pub fn run(
     bin: &Path,
     args: &[&str],
@@ -335,57 +335,18 @@ pub fn run(
     stdin: &[u8],
     limit: Duration,
 ) -> (ExitStatus, String, String) {
-    let mut child = Command::new(bin)
+    let mut command = mqtt_harness::process::Proc::command(bin);
+    command
         .args(args)
-        .env_remove("MQTT_HOST")
-        .env_remove("MQTT_PORT")
-        .env_remove("MQTT_PASSWORD")
-        .env_remove("MQTT_USERNAME")
-        .env_remove("MQTT_TLS")
-        .env_remove("MQTT_CA_FILE")
-        .env_remove("RUST_LOG")
         .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-    if let Some(mut input) = child.stdin.take() {
-        let _ = input.write_all(stdin);
-    }
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{} did not exit within {limit:?}: {}",
-                bin.display(),
-                err.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (
-        status,
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
-    )
+        .stdin(Stdio::piped());
+    let name = bin
+        .file_name()
+        .map_or("binary".into(), |n| n.to_string_lossy());
+    let mut proc = super::Proc::start(&name, &mut command);
+    let _ = proc.take_stdin().write_all(stdin);
+    let status = proc.wait(limit);
+    (status, proc.stdout(), proc.stderr())
 }
 
 /// A small deterministic PRNG (xorshift64*), so random-input cases repeat exactly.

@@ -12,11 +12,10 @@ pub mod hardening;
 pub mod mqtt;
 pub mod peers;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, Command, ExitStatus};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -57,133 +56,123 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A child process whose stderr goes to a file, killed when dropped.
+/// A process under the harness (`mqtt_harness::process`: output to files, killed when
+/// dropped) with the waits a test story wants: bounded, and panicking with the process's
+/// stderr when what was awaited does not happen.
 pub struct Proc {
     pub name: String,
-    child: Child,
-    stderr_path: PathBuf,
-    _dir: tempfile::TempDir,
+    inner: mqtt_harness::process::Proc,
 }
 
 impl Proc {
-    /// Starts `bin(name)` with `args`; stdout is piped for the caller to read.
+    /// Starts `bin(name)` with `args`.
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
         Proc::spawn_with_env(name, args, &[])
     }
 
     /// [`Proc::spawn`] with `env` set (and the user's MQTT_* settings never inherited).
     pub fn spawn_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let stderr_path = dir.path().join("stderr.log");
-        let stderr = fs::File::create(&stderr_path).expect("stderr file");
-        let child = Command::new(bin(name))
-            .args(args)
-            .env_remove("MQTT_HOST")
-            .env_remove("MQTT_PORT")
-            .env_remove("MQTT_BROKERS")
-            .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
+        let mut command = mqtt_harness::process::Proc::command(&bin(name));
+        command.args(args).envs(env.iter().copied());
+        Proc::start(name, &mut command)
+    }
+
+    /// Starts `program` (e.g. a shell that starts one of ours), named `name` in messages.
+    pub fn spawn_program(name: &str, program: &Path, args: &[&str]) -> Proc {
+        let mut command = mqtt_harness::process::Proc::command(program);
+        command.args(args);
+        Proc::start(name, &mut command)
+    }
+
+    /// Starts `command` as it is.
+    pub fn start(name: &str, command: &mut Command) -> Proc {
+        let inner = mqtt_harness::process::Proc::spawn(name, command, None)
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Proc {
             name: name.to_owned(),
-            child,
-            stderr_path,
-            _dir: dir,
+            inner,
         }
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.inner.pid()
+    }
+
+    /// Everything the process wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.inner.stdout()
     }
 
     /// Everything the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        self.inner.stderr()
     }
 
-    /// Waits until stderr contains `needle`, panicking after `timeout` or if the process
-    /// exits first.
-    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.stderr().contains(needle) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}) before printing {needle:?}; stderr:\n{}",
-                    self.name,
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "{} did not print {needle:?} within {timeout:?}; stderr:\n{}",
+    /// Both outputs, for failure messages.
+    pub fn output(&self) -> String {
+        format!(
+            "{0} stdout:\n{1}\n{0} stderr:\n{2}",
             self.name,
+            self.stdout(),
             self.stderr()
-        );
+        )
+    }
+
+    /// Waits until `done(stdout, stderr)` holds, panicking after `timeout` or if the
+    /// process exits first.
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, done: impl Fn(&str, &str) -> bool) {
+        let name = self.name.clone();
+        self.inner
+            .wait_until(what, timeout, |p| done(&p.stdout(), &p.stderr()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        self.wait_until(&format!("{needle:?} on stderr"), timeout, |_, err| {
+            err.contains(needle)
+        });
+    }
+
+    /// Waits until `done(stdout)` holds.
+    pub fn wait_for_stdout(&mut self, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) {
+        self.wait_until(what, timeout, |out, _| done(out));
     }
 
     /// Waits for the process to exit, killing it and panicking after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        panic!(
-            "{} did not exit within {timeout:?}; stderr:\n{}",
-            self.name,
-            self.stderr()
-        );
+        let name = self.name.clone();
+        self.inner
+            .wait(timeout)
+            .map(|exit| exit.status)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// The exit status if the process has ended, without waiting.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.inner.try_wait().map(|exit| exit.status)
     }
 
     /// Sends `signal` (e.g. `libc::SIGINT`).
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+        self.inner
+            .signal(signal)
+            .unwrap_or_else(|e| panic!("signal {signal} to {}: {e}", self.name));
     }
 
-    /// Reads one line of stdout, bounded by `timeout`.
+    /// The first line of stdout, bounded by `timeout`.
     pub fn stdout_line(&mut self, timeout: Duration) -> String {
-        let stdout = self
-            .child
-            .stdout
-            .take()
-            .expect("stdout is piped and unread");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let mut reader = BufReader::new(stdout);
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            // Keep draining so the child never blocks on a full pipe.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        rx.recv_timeout(timeout).unwrap_or_else(|_| {
-            panic!(
-                "{} printed no line on stdout within {timeout:?}; stderr:\n{}",
-                self.name,
-                self.stderr()
-            )
-        })
+        let name = self.name.clone();
+        self.inner
+            .first_stdout_line(timeout)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
     }
-}
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// The piped stdin (of a command started with one); dropping it closes it.
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.inner
+            .take_stdin()
+            .expect("stdin is piped and not yet taken")
     }
 }
 
@@ -302,8 +291,7 @@ pub fn read_json(path: &Path, proc: &Proc) -> Value {
 
 /// A loopback port with nothing listening on it (bound, then released).
 pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+    mqtt_harness::process::free_port().expect("a free loopback port")
 }
 
 /// Shorthand for a JSON field as u64.
@@ -316,17 +304,9 @@ pub fn num(v: &Value, key: &str) -> u64 {
 /// Runs a binary that ends by itself at once (a usage error, `mqtt-subscriber merge`) and
 /// returns its status, stdout and stderr.
 pub fn run_quick(name: &str, args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(bin(name))
-        .args(args)
-        .env_remove("MQTT_HOST")
-        .env_remove("MQTT_PORT")
-        .env_remove("MQTT_BROKERS")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {name}: {e}"));
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (out.status, text(out.stdout), text(out.stderr))
+    let mut proc = Proc::spawn(name, args);
+    let status = proc.wait(Duration::from_secs(30));
+    (status, proc.stdout(), proc.stderr())
 }
 
 /// Writes `report` to `dir/name` (e.g. a subscriber's report, for `merge`).
@@ -339,6 +319,6 @@ pub fn write_report(dir: &Path, name: &str, report: &Value) -> PathBuf {
 impl Proc {
     /// The exit status if the process has ended, without waiting.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
+        self.try_wait()
     }
 }

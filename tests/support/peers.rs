@@ -7,11 +7,11 @@ use std::fs;
 use std::io::Write as _;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::Broker;
+use super::{Broker, Proc};
 
 /// Bound on every wait for a peer to get ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -26,16 +26,7 @@ fn missing<T>(what: &str, ci_hint: &str, install_hint: &str) -> Option<T> {
     None
 }
 
-/// An executable file named `name` on PATH, or in the sbin directories that a non-root
-/// PATH often lacks (Debian puts `mosquitto` in /usr/sbin).
-fn find_program(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
+use mqtt_harness::peers::find_program;
 
 /// The Mosquitto broker, or `None` (after reporting it) when it is not installed.
 pub fn mosquitto() -> Option<PathBuf> {
@@ -135,145 +126,43 @@ pub fn paho_peer_script() -> PathBuf {
     workspace_root().join("tests/peers/paho_peer.py")
 }
 
-/// A third-party program with stdout and stderr captured to files (so they can be read
-/// while it runs), killed when dropped.
-pub struct Program {
-    pub name: String,
-    child: Child,
-    stdout_path: PathBuf,
-    stderr_path: PathBuf,
-    _dir: tempfile::TempDir,
-}
+/// A third-party program under the test's [`Proc`]: its outputs readable while it runs,
+/// killed (even when stopped) when dropped.
+pub struct Program(Proc);
 
 impl Program {
     /// Starts `program` with `args` and `stdin`. Mosquitto's clients get an empty
     /// configuration directory, so a user's `~/.config/mosquitto_sub` cannot change them;
     /// Python runs unbuffered and writes no bytecode.
     pub fn spawn(program: &Path, args: &[&str], stdin: Stdio) -> Program {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let stdout_path = dir.path().join("stdout.log");
-        let stderr_path = dir.path().join("stderr.log");
         let name = program.file_name().map_or_else(
             || program.display().to_string(),
             |n| n.to_string_lossy().into(),
         );
-        let child = Command::new(program)
+        let config = std::env::temp_dir().join("mqtt-pipeline-tests-empty-config");
+        let _ = fs::create_dir_all(&config);
+        let mut command = Command::new(program);
+        command
             .args(args)
-            .env("XDG_CONFIG_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", &config)
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(stdin)
-            .stdout(fs::File::create(&stdout_path).expect("stdout file"))
-            .stderr(fs::File::create(&stderr_path).expect("stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-        Program {
-            name,
-            child,
-            stdout_path,
-            stderr_path,
-            _dir: dir,
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Everything written to stdout so far.
-    pub fn stdout(&self) -> String {
-        fs::read_to_string(&self.stdout_path).unwrap_or_default()
-    }
-
-    /// Everything written to stderr so far.
-    pub fn stderr(&self) -> String {
-        fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// Both outputs, for failure messages.
-    pub fn output(&self) -> String {
-        format!(
-            "{} stdout:\n{}\n{} stderr:\n{}",
-            self.name,
-            self.stdout(),
-            self.name,
-            self.stderr()
-        )
-    }
-
-    /// The piped stdin, to write to; dropping it closes it.
-    pub fn take_stdin(&mut self) -> ChildStdin {
-        self.child
-            .stdin
-            .take()
-            .expect("stdin is piped and not yet taken")
-    }
-
-    /// The exit status, if the program has exited.
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// Polls until `done(stdout)` holds, panicking after `timeout` or if the program exits
-    /// first.
-    pub fn wait_for_stdout(&mut self, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if done(&self.stdout()) {
-                return;
-            }
-            if let Some(status) = self.try_wait() {
-                if done(&self.stdout()) {
-                    return;
-                }
-                panic!(
-                    "{} exited ({status}) before {what}\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "{}: no {what} within {timeout:?}\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the exit, killing the program and panicking after `timeout`.
-    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.try_wait() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        panic!(
-            "{} did not exit within {timeout:?}\n{}",
-            self.name,
-            self.output()
-        );
-    }
-
-    /// Sends `signal` (e.g. `libc::SIGSTOP`).
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+            .stdin(stdin);
+        Program(Proc::start(&name, &mut command))
     }
 }
 
-impl Drop for Program {
-    fn drop(&mut self) {
-        // SIGKILL also ends a stopped (SIGSTOP) process.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Program {
+    type Target = Proc;
+
+    fn deref(&self) -> &Proc {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Program {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.0
     }
 }
 
@@ -384,15 +273,23 @@ pub struct Message {
 /// debug lines (`-d`, for SUBACK) go to the same stdout.
 const MESSAGE_PREFIX: &str = "MSG ";
 
-/// A `mosquitto_sub` that has its SUBACK, printing each message as one line.
+/// A `mosquitto_sub` that has its SUBACK, printing each message as one line. It also
+/// subscribes to a marker topic of its own (last), so that [`Self::messages_settled`] can
+/// tell when everything the broker had for it has arrived.
 pub struct MosquittoSub {
     pub program: Program,
+    port: u16,
+    marker: String,
 }
 
 impl MosquittoSub {
     /// Starts `mosquitto_sub -h 127.0.0.1 -p PORT` with `args` (topics, QoS, `-C`, ...)
     /// and waits for its SUBACK.
     pub fn start(path: &Path, port: u16, args: &[&str]) -> MosquittoSub {
+        static MARKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("marker/{}-{n}", std::process::id());
+        let port_number = port;
         let port = port.to_string();
         let mut all = vec![
             "-h",
@@ -404,6 +301,7 @@ impl MosquittoSub {
             "MSG %r %q %t %p",
         ];
         all.extend_from_slice(args);
+        all.extend(["-t", &marker]);
         // Its debug lines (SUBACK, PUBREC, ...) are block-buffered into a file and would
         // show only when a message flushes them: stdbuf (coreutils) makes stdout
         // line-buffered, so the SUBACK can be waited for.
@@ -420,7 +318,11 @@ impl MosquittoSub {
         program.wait_for_stdout("SUBACK", READY_TIMEOUT, |out| {
             out.contains("Subscribed (mid:")
         });
-        MosquittoSub { program }
+        MosquittoSub {
+            program,
+            port: port_number,
+            marker,
+        }
     }
 
     /// The QoS levels the broker granted, from the SUBACK line (`Subscribed (mid: 1): 1`).
@@ -435,26 +337,58 @@ impl MosquittoSub {
             .unwrap_or("")
             .split(',')
             .filter_map(|q| q.trim().parse().ok())
-            .collect()
+            .collect::<Vec<u8>>()
+            .split_last()
+            .map_or(Vec::new(), |(_marker, asked)| asked.to_vec())
     }
 
-    /// Every message printed so far.
+    /// Every message printed so far (but the markers).
     pub fn messages(&self) -> Vec<Message> {
-        parse_messages(&self.program.stdout())
+        self.parse(&self.program.stdout())
+    }
+
+    fn parse(&self, out: &str) -> Vec<Message> {
+        let mut messages = parse_messages(out);
+        messages.retain(|m| m.topic != self.marker);
+        messages
     }
 
     /// Waits until at least `count` messages arrived (or panics after `timeout`).
     pub fn wait_messages(&mut self, count: usize, timeout: Duration) -> Vec<Message> {
+        let marker = self.marker.clone();
         self.program
             .wait_for_stdout(&format!("{count} messages"), timeout, |out| {
-                parse_messages(out).len() >= count
+                parse_messages(out)
+                    .iter()
+                    .filter(|m| m.topic != marker)
+                    .count()
+                    >= count
             });
         self.messages()
     }
 
-    /// Waits `quiet` and returns whatever arrived by then: for checks that nothing comes.
-    pub fn messages_after(&self, quiet: Duration) -> Vec<Message> {
-        std::thread::sleep(quiet);
+    /// Every message the broker had for this subscriber, for checks that nothing (else)
+    /// comes: publishes a marker to its marker topic and waits (bounded) until the marker
+    /// arrives, after whatever the broker sent it before.
+    pub fn messages_settled(&self) -> Vec<Message> {
+        let publisher = find_program("mosquitto_pub").expect("mosquitto_pub");
+        mosquitto_pub_run(
+            &publisher,
+            self.port,
+            &["-t", &self.marker, "-q", "1", "-m", "."],
+        );
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !parse_messages(&self.program.stdout())
+            .iter()
+            .any(|m| m.topic == self.marker)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the marker never reached mosquitto_sub\n{}",
+                self.program.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.messages()
     }
 

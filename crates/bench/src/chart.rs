@@ -1,152 +1,161 @@
 //! The picture: median throughput of every row (log scale, so that the Python baseline
-//! and our pipeline fit on one axis) and the paced row's latency percentiles. Written
-//! as plain SVG, which needs no fonts or system libraries to produce.
+//! and our pipeline fit on one axis) and the paced row's latency percentiles, drawn with
+//! plotters' SVG backend (no fonts or system libraries needed).
 
-use std::fmt::Write as _;
+use anyhow::{anyhow, Result};
+use plotters::coord::ranged1d::SegmentValue;
+use plotters::prelude::*;
 
 use crate::summary::Row;
 
-const WIDTH: f64 = 960.0;
-const LABEL_W: f64 = 330.0;
-const BAR_H: f64 = 22.0;
-const COLORS: [&str; 5] = ["#2b6cb0", "#dd6b20", "#718096", "#38a169", "#805ad5"];
+const WIDTH: u32 = 960;
+const ROW_H: u32 = 28;
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-fn color(group: &str) -> &'static str {
+fn color(group: &str) -> RGBColor {
     match group {
-        "pipeline" => COLORS[0],
-        "payload" => COLORS[1],
-        "devices" => COLORS[3],
-        "latency" => COLORS[4],
-        _ => COLORS[2],
+        "pipeline" => RGBColor(0x2b, 0x6c, 0xb0),
+        "payload" => RGBColor(0xdd, 0x6b, 0x20),
+        "devices" => RGBColor(0x38, 0xa1, 0x69),
+        "latency" => RGBColor(0x80, 0x5a, 0xd5),
+        _ => RGBColor(0x71, 0x80, 0x96),
     }
 }
 
 /// An SVG document for `rows`, titled `title`.
-pub fn svg(rows: &[Row], title: &str) -> String {
-    let measured: Vec<&Row> = rows.iter().filter(|r| r.median.is_some()).collect();
+pub fn svg(rows: &[Row], title: &str) -> Result<String> {
+    let measured: Vec<(&Row, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r, r.median.as_ref()?.msgs_per_s)))
+        .collect();
     let latency = rows
         .iter()
         .find_map(|r| r.median.as_ref()?.latency_us.map(|l| (r, l)));
-    let top = 60.0;
-    let bars_h = measured.len() as f64 * (BAR_H + 6.0);
-    let lat_top = top + bars_h + 70.0;
-    let height = lat_top + if latency.is_some() { 190.0 } else { 0.0 };
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="10" y="24" font-size="16" font-weight="bold">{}</text>"#,
-        escape(title)
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="10" y="44" fill="#555">Median verified msg/s, end to end (log scale); QoS 1</text>"##
-    );
-
-    for (i, group) in ["pipeline", "payload", "devices", "latency", "linearity"]
-        .iter()
-        .enumerate()
+    let bars_h = 110 + ROW_H * measured.len().max(1) as u32;
+    let latency_h = if latency.is_some() { 220 } else { 0 };
+    let mut out = String::new();
     {
-        let lx = 560.0 + i as f64 * 80.0;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{lx}" y="34" width="10" height="10" fill="{}"/><text x="{:.1}" y="44">{group}</text>"#,
-            color(group),
-            lx + 14.0
-        );
+        let root =
+            SVGBackend::with_string(&mut out, (WIDTH, bars_h + latency_h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let (top, bottom) = root.split_vertically(bars_h);
+        throughput(&top, &measured, title).map_err(|e| anyhow!("{e}"))?;
+        if let Some((row, l)) = latency {
+            let values = [
+                ("p50", l.p50),
+                ("p90", l.p90),
+                ("p99", l.p99),
+                ("p99.9", l.p999),
+                ("max", l.max),
+            ];
+            let caption = format!(
+                "Latency, {} (intended send time to arrival), ms",
+                row.scenario.name
+            );
+            latency_bars(&bottom, &values, &caption).map_err(|e| anyhow!("{e}"))?;
+        }
+        root.present().map_err(|e| anyhow!("{e}"))?;
     }
+    Ok(out)
+}
 
-    // Throughput bars on a log10 axis from 10^2 to the next power of ten above the max.
-    let max = measured
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type DrawResult = std::result::Result<(), DrawingAreaErrorKind<std::io::Error>>;
+
+/// Horizontal bars of median msg/s on a log axis from 10^2 up.
+fn throughput(area: &Area, measured: &[(&Row, f64)], title: &str) -> DrawResult {
+    let max = measured.iter().map(|(_, v)| *v).fold(1000.0_f64, f64::max);
+    let hi = 10f64.powf(max.log10().ceil() + 0.3);
+    let labels: Vec<String> = measured
         .iter()
-        .filter_map(|r| r.median.as_ref().map(|m| m.msgs_per_s))
-        .fold(1000.0_f64, f64::max);
-    let (lo, hi) = (2.0, max.log10().ceil().max(3.0));
-    let plot_w = WIDTH - LABEL_W - 90.0;
-    let x = |v: f64| LABEL_W + (v.max(100.0).log10() - lo) / (hi - lo) * plot_w;
-    for p in (lo as u32)..=(hi as u32) {
-        let gx = x(10f64.powi(p as i32));
-        let _ = writeln!(
-            s,
-            r##"<line x1="{gx:.1}" y1="{top}" x2="{gx:.1}" y2="{:.1}" stroke="#ddd"/><text x="{gx:.1}" y="{:.1}" text-anchor="middle" fill="#555">10^{p}</text>"##,
-            top + bars_h,
-            top + bars_h + 16.0
+        .map(|(r, _)| {
+            let s = &r.scenario;
+            format!("{}: {} (N={})", s.group, s.name, s.messages)
+        })
+        .collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(360)
+        .build_cartesian_2d(
+            (100f64..hi).log_scale(),
+            (0..measured.len()).into_segmented(),
+        )?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(measured.len())
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .x_desc("median verified msg/s, end to end (log scale); QoS 1")
+        .label_style(("sans-serif", 11))
+        .draw()?;
+    chart.draw_series(measured.iter().enumerate().map(|(i, (row, v))| {
+        let mut bar = Rectangle::new(
+            [
+                (100.0, SegmentValue::Exact(i)),
+                (*v, SegmentValue::Exact(i + 1)),
+            ],
+            color(row.scenario.group).filled(),
         );
-    }
-    for (i, row) in measured.iter().enumerate() {
-        let Some(m) = &row.median else { continue };
-        let y = top + i as f64 * (BAR_H + 6.0);
-        let w = (x(m.msgs_per_s) - LABEL_W).max(1.0);
-        let label = format!(
-            "{}: {} (N={})",
-            row.scenario.group, row.scenario.name, row.scenario.messages
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LABEL_W - 8.0,
-            y + BAR_H * 0.7,
-            escape(&label)
-        );
-        let _ = writeln!(
-            s,
-            r#"<rect x="{LABEL_W}" y="{y:.1}" width="{w:.1}" height="{BAR_H}" fill="{}"/>"#,
-            color(row.scenario.group)
-        );
+        bar.set_margin(3, 3, 0, 0);
+        bar
+    }))?;
+    chart.draw_series(measured.iter().enumerate().map(|(i, (row, v))| {
         let mark = if row.all_complete {
             ""
         } else {
             " (NOT verified)"
         };
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}">{:.0}{mark}</text>"#,
-            LABEL_W + w + 6.0,
-            y + BAR_H * 0.7,
-            m.msgs_per_s
-        );
-    }
+        Text::new(
+            format!("{v:.0}{mark}"),
+            (*v * 1.05, SegmentValue::CenterOf(i)),
+            ("sans-serif", 11),
+        )
+    }))?;
+    Ok(())
+}
 
-    if let Some((row, l)) = latency {
-        let _ = writeln!(
-            s,
-            r#"<text x="10" y="{:.1}" font-size="14" font-weight="bold">Latency, {} (intended send time to arrival), ms</text>"#,
-            lat_top - 20.0,
-            escape(&row.scenario.name)
+/// The paced row's latency percentiles, in ms.
+fn latency_bars(area: &Area, values: &[(&str, u64)], caption: &str) -> DrawResult {
+    let max_ms = values.iter().map(|(_, v)| *v).max().unwrap_or(1).max(1) as f64 / 1000.0;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 14))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(360)
+        .build_cartesian_2d(0f64..max_ms * 1.2, (0..values.len()).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(values.len())
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => values.get(*i).map_or("", |(n, _)| n).to_owned(),
+            _ => String::new(),
+        })
+        .x_desc("ms")
+        .draw()?;
+    let purple = color("latency");
+    chart.draw_series(values.iter().enumerate().map(|(i, (_, v))| {
+        let mut bar = Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(i)),
+                (*v as f64 / 1000.0, SegmentValue::Exact(i + 1)),
+            ],
+            purple.filled(),
         );
-        let values = [
-            ("p50", l.p50),
-            ("p90", l.p90),
-            ("p99", l.p99),
-            ("p99.9", l.p999),
-            ("max", l.max),
-        ];
-        let lmax = values.iter().map(|(_, v)| *v).max().unwrap_or(1).max(1) as f64;
-        for (i, (name, v)) in values.iter().enumerate() {
-            let y = lat_top + i as f64 * (BAR_H + 6.0);
-            let w = (*v as f64 / lmax * plot_w).max(1.0);
-            let _ = writeln!(
-                s,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{name}</text><rect x="{LABEL_W}" y="{y:.1}" width="{w:.1}" height="{BAR_H}" fill="{}"/><text x="{:.1}" y="{:.1}">{:.3}</text>"#,
-                LABEL_W - 8.0,
-                y + BAR_H * 0.7,
-                COLORS[4],
-                LABEL_W + w + 6.0,
-                y + BAR_H * 0.7,
-                *v as f64 / 1000.0
-            );
-        }
-    }
-    s.push_str("</svg>\n");
-    s
+        bar.set_margin(3, 3, 0, 0);
+        bar
+    }))?;
+    chart.draw_series(values.iter().enumerate().map(|(i, (_, v))| {
+        let ms = *v as f64 / 1000.0;
+        Text::new(
+            format!("{ms:.3}"),
+            (ms + max_ms * 0.01, SegmentValue::CenterOf(i)),
+            ("sans-serif", 11),
+        )
+    }))?;
+    Ok(())
 }

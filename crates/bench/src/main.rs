@@ -3,8 +3,6 @@
 //! medians as a table, JSON and an SVG picture. `scripts/bench` builds and runs it.
 
 mod chart;
-mod nats;
-mod process;
 mod runner;
 mod scenario;
 mod summary;
@@ -14,10 +12,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use mqtt_harness::nats;
+use mqtt_harness::peers::{find_program, python_with_paho};
 use serde_json::json;
 
 use runner::Peers;
-use scenario::Plan;
+use scenario::{Plan, Scenario};
 use summary::Row;
 
 /// Benchmark harness: the same QoS 1 workload through our broker, Mosquitto, a 3-node
@@ -89,24 +89,6 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-fn python_with_paho(candidate: PathBuf) -> Option<PathBuf> {
-    std::process::Command::new(&candidate)
-        .args(["-c", "import paho.mqtt.client"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-        .then_some(candidate)
-}
-
 fn peers(args: &BenchArgs) -> Peers {
     let python = args
         .python
@@ -119,7 +101,7 @@ fn peers(args: &BenchArgs) -> Peers {
         .unwrap_or_else(|| workspace_root().join("../shared/seed-demo"));
     Peers {
         mosquitto: args.mosquitto.clone().or_else(|| find_program("mosquitto")),
-        python: python_with_paho(python),
+        python: python_with_paho(&python),
         seed_dir: seed.join("seed_pub.py").is_file().then_some(seed),
         nats_server: args
             .nats_server
@@ -148,7 +130,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// The benchmark: plan the rows, mark those whose peer is missing, run the rounds,
+/// summarise, write the outputs. True when every row that ran verified complete (and,
+/// when peers are required, none was skipped).
 fn run(args: BenchArgs) -> Result<bool> {
+    let require = args.require_peers || std::env::var("CI").is_ok_and(|v| v == "true");
+    let mut rows: Vec<Row> = plan(&args)?.into_iter().map(Row::new).collect();
+    let peers = peers(&args);
+    let all_peers = mark_skipped(&mut rows, &peers);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("while creating {}", args.out.display()))?;
+    let load_before = loadavg();
+    if load_before > 0.5 {
+        eprintln!("warning: load average {load_before:.2} before the benchmark: other work on this machine will skew the figures");
+    }
+    let scratch = args.out.join("runs");
+    run_rounds(&mut rows, &peers, &scratch, args.repeat)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    // Every row is summarised, also after one that failed.
+    let verdicts: Vec<bool> = rows.iter_mut().map(Row::summarise).collect();
+    let verified = verdicts.iter().all(|ok| *ok);
+    write_outputs(&args, &rows, load_before)?;
+    Ok(verified && (all_peers || !require))
+}
+
+/// The rows `args` asks for, in table order.
+fn plan(args: &BenchArgs) -> Result<Vec<Scenario>> {
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
         None => std::env::current_exe()?
@@ -156,8 +163,6 @@ fn run(args: BenchArgs) -> Result<bool> {
             .context("the executable has a directory")?
             .to_path_buf(),
     };
-    let require = args.require_peers || std::env::var("CI").is_ok_and(|v| v == "true");
-    let peers = peers(&args);
     let plan = Plan {
         quick: args.quick,
         messages: args
@@ -171,7 +176,7 @@ fn run(args: BenchArgs) -> Result<bool> {
             .map(|a| a.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default(),
     };
-    let scenarios: Vec<_> = scenario::all(&plan)
+    Ok(scenario::all(&plan)
         .into_iter()
         .filter(|s| {
             args.only.is_empty()
@@ -180,93 +185,72 @@ fn run(args: BenchArgs) -> Result<bool> {
                     .iter()
                     .any(|t| s.group.contains(t.as_str()) || s.name.contains(t.as_str()))
         })
-        .collect();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("while creating {}", args.out.display()))?;
-    let scratch = args.out.join("runs");
+        .collect())
+}
 
-    // Rounds, not rows: round i runs every row once, so that whatever else the machine
-    // does meanwhile (a build, say) weighs on every row alike.
-    let load_before = loadavg();
-    if load_before > 0.5 {
-        eprintln!("warning: load average {load_before:.2} before the benchmark: other work on this machine will skew the figures");
-    }
-    let mut rows: Vec<Row> = scenarios
-        .into_iter()
-        .map(|scenario| Row {
-            scenario,
-            skipped: None,
-            errors: Vec::new(),
-            runs: Vec::new(),
-            median: None,
-            all_complete: false,
-        })
-        .collect();
-    let mut ok = true;
-    for row in &mut rows {
-        if let Some(why) = row.scenario.missing_peer(&peers) {
-            eprintln!(
-                "== {}: {}: skipped: {why}",
-                row.scenario.group, row.scenario.name
-            );
-            ok &= !require;
+/// Marks the rows whose peer is missing here as skipped, saying why; false if any was.
+fn mark_skipped(rows: &mut [Row], peers: &Peers) -> bool {
+    let mut all = true;
+    for row in rows {
+        if let Some(why) = row.scenario.missing_peer(peers) {
+            eprintln!("== {}: skipped: {why}", row.label());
             row.skipped = Some(why.into());
+            all = false;
         }
     }
-    for i in 1..=args.repeat {
+    all
+}
+
+/// Rounds, not rows: round i runs every row once, so that whatever else the machine does
+/// meanwhile (a build, say) weighs on every row alike.
+fn run_rounds(rows: &mut [Row], peers: &Peers, scratch: &Path, repeat: u32) -> Result<()> {
+    for i in 1..=repeat {
         for (index, row) in rows.iter_mut().enumerate() {
             if row.skipped.is_some() {
                 continue;
             }
-            let label = format!("{}: {}", row.scenario.group, row.scenario.name);
             let dir = scratch.join(format!("{index}-{i}"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
-            match row.scenario.run_once(&peers, &dir) {
+            let label = format!("{} [{i}/{repeat}]", row.label());
+            match row.scenario.run_once(peers, &dir) {
                 Ok(m) => {
+                    let verdict = if m.complete {
+                        "verified"
+                    } else {
+                        "NOT VERIFIED"
+                    };
                     eprintln!(
-                        "== {label} [{i}/{}]: {} msgs, {:.2} s, {:.0} msg/s, {}",
-                        args.repeat,
-                        row.scenario.messages,
-                        m.wall_s,
-                        m.msgs_per_s,
-                        if m.complete {
-                            "verified"
-                        } else {
-                            "NOT VERIFIED"
-                        }
+                        "== {label}: {} msgs, {:.2} s, {:.0} msg/s, {verdict}",
+                        row.scenario.messages, m.wall_s, m.msgs_per_s
                     );
                     row.runs.push(m);
                 }
                 Err(e) => {
-                    eprintln!("== {label} [{i}/{}]: failed: {e:#}", args.repeat);
+                    eprintln!("== {label}: failed: {e:#}");
                     row.errors.push(format!("{e:#}"));
                 }
             }
         }
     }
-    for row in rows.iter_mut().filter(|r| r.skipped.is_none()) {
-        row.median = summary::medians(&row.runs);
-        row.all_complete = !row.runs.is_empty() && row.runs.iter().all(|r| r.complete);
-        ok &= row.all_complete && row.errors.is_empty();
-    }
-    let load_after = loadavg();
+    Ok(())
+}
 
-    let table = summary::table(&rows);
-    let ratios = summary::ratios(&rows);
-    let mut text = table.clone();
+/// The table (stdout and bench.md), every run (bench.json) and the picture (bench.svg).
+fn write_outputs(args: &BenchArgs, rows: &[Row], load_before: f64) -> Result<()> {
+    let load_after = loadavg();
+    let ratios = summary::ratios(rows);
+    let mut text = summary::table(rows);
     text.push('\n');
     for r in &ratios {
         text.push_str(&format!("{}: {:.2}x\n", r.what, r.ratio));
     }
-    for row in &rows {
+    for row in rows.iter().filter(|r| r.scenario.group == "pipeline") {
         if let Some(cpu) = summary::cpu_per_million(row) {
-            if row.scenario.group == "pipeline" {
-                text.push_str(&format!(
-                    "CPU seconds per 10^6 messages, all processes, {}: {cpu:.2}\n",
-                    row.scenario.name
-                ));
-            }
+            text.push_str(&format!(
+                "CPU seconds per 10^6 messages, all processes, {}: {cpu:.2}\n",
+                row.scenario.name
+            ));
         }
     }
     text.push_str(&format!(
@@ -288,20 +272,20 @@ fn run(args: BenchArgs) -> Result<bool> {
         "ratios": ratios,
     });
     let json_path = args.out.join("bench.json");
-    std::fs::write(&json_path, serde_json::to_vec_pretty(&doc)?)?;
-    std::fs::write(args.out.join("bench.md"), &text)?;
+    let md_path = args.out.join("bench.md");
     let svg_path = args.out.join("bench.svg");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&doc)?)?;
+    std::fs::write(&md_path, &text)?;
     let title = format!(
         "mqtt-pipeline benchmark ({mode}, median of {})",
         args.repeat
     );
-    std::fs::write(&svg_path, chart::svg(&rows, &title))?;
+    std::fs::write(&svg_path, chart::svg(rows, &title)?)?;
     eprintln!(
         "wrote {}, {} and {}",
         json_path.display(),
-        args.out.join("bench.md").display(),
+        md_path.display(),
         svg_path.display()
     );
-    let _ = std::fs::remove_dir_all(&scratch);
-    Ok(ok)
+    Ok(())
 }

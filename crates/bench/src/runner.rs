@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use mqtt_harness::nats::{Cluster, Ports};
+use mqtt_harness::process::{free_port, tail, Exit, Proc};
+use mqtt_protocol::report::{PublishReport, VerifyReport};
+use mqtt_protocol::timing::LatencySummary;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::nats::NatsCluster;
-use crate::process::{free_port, tail, Proc, Usage};
 use crate::scenario::{BrokerKind, Clients, Scenario};
 
 /// The third-party programs a run may need.
@@ -22,16 +24,6 @@ pub struct Peers {
     pub nats_server: Option<PathBuf>,
     /// The cluster's configuration (config/nats unless $CLUSTER_CONFIG says otherwise).
     pub nats_config: PathBuf,
-}
-
-/// Latency percentiles from our subscriber's report, µs.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Latency {
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
 }
 
 /// What one run measured.
@@ -53,7 +45,8 @@ pub struct Measurement {
     pub publisher_msgs_per_s: Option<f64>,
     /// The subscriber's own rate (first arrival to last), if it says.
     pub subscriber_msgs_per_s: Option<f64>,
-    pub latency_us: Option<Latency>,
+    /// Latency percentiles from our subscriber's report, µs.
+    pub latency_us: Option<LatencySummary>,
 }
 
 impl Scenario {
@@ -89,10 +82,22 @@ impl Scenario {
             let Clients::Ours { publisher_args } = &self.clients else {
                 bail!("the NATS cluster row runs our clients");
             };
-            let mut cluster = NatsCluster::start(server, &peers.nats_config, dir)?;
-            let [node1, node2, _] = cluster.mqtt;
-            let result = self.run_ours(publisher_args, node1, node2, dir, timeout);
-            return with_broker_usage(result, cluster.terminate());
+            let ports = Ports::free()?;
+            let mut cluster =
+                Cluster::start(server, &peers.nats_config, dir, ports, NATS_READY_TIMEOUT)?;
+            let result = self.run_ours(
+                publisher_args,
+                cluster.mqtt(1),
+                cluster.mqtt(2),
+                dir,
+                timeout,
+            );
+            let (cpu_s, peak_rss_kib) = cluster.terminate();
+            return result.map(|m| Measurement {
+                broker_cpu_s: cpu_s,
+                broker_rss_kib: peak_rss_kib,
+                ..m
+            });
         }
         let (mut broker, port) = match self.broker {
             BrokerKind::Ours => start_our_broker(&self.bin_dir, dir)?,
@@ -105,17 +110,31 @@ impl Scenario {
             }
             Clients::Seed => self.run_seed(peers, &mut broker, port, dir, timeout),
         };
-        let broker_usage = broker.terminate();
-        with_broker_usage(result, broker_usage)
+        let broker = broker.terminate(Duration::from_secs(5));
+        result.map(|m| Measurement {
+            broker_cpu_s: broker.map_or(0.0, |e| e.cpu_s),
+            broker_rss_kib: broker.map_or(0, |e| e.peak_rss_kib),
+            ..m
+        })
     }
 }
 
-/// A run's measurement with what the broker (all its processes) cost.
-fn with_broker_usage(result: Result<Measurement>, broker: Usage) -> Result<Measurement> {
-    let mut m = result?;
-    m.broker_cpu_s = broker.cpu_s;
-    m.broker_rss_kib = broker.peak_rss_kib;
-    Ok(m)
+/// How long the NATS nodes get to elect a JetStream leader and report healthy.
+const NATS_READY_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Starts one of the row's processes with its output in `dir`.
+fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> Result<Proc> {
+    let mut command = Proc::command(program);
+    command
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    Ok(Proc::spawn(name, &mut command, Some(dir))?)
+}
+
+/// Whether a client exited 0.
+fn success(exit: &Exit) -> bool {
+    exit.status.success()
 }
 
 impl Scenario {
@@ -148,14 +167,10 @@ impl Scenario {
             // cluster (a replicated JetStream consumer) and survives a node.
             sub_args.extend(strings(&["--client-id", "bench-subscriber"]));
         }
-        let mut sub = Proc::spawn(
-            "subscriber",
-            &self.bin_dir.join("mqtt-subscriber"),
-            &sub_args,
-            dir,
-        )?;
-        sub.wait_until("subscription", Duration::from_secs(20), |_, err| {
-            err.contains("subscribed to")
+        let subscriber = self.bin_dir.join("mqtt-subscriber");
+        let mut sub = spawn("subscriber", &subscriber, &sub_args, dir)?;
+        sub.wait_until("subscription", Duration::from_secs(20), |p| {
+            p.stderr().contains("subscribed to")
         })?;
         let mut args = strings(&[
             "--port",
@@ -167,39 +182,25 @@ impl Scenario {
         ]);
         args.extend_from_slice(publisher_args);
         let started = Instant::now();
-        let mut publisher = Proc::spawn(
-            "publisher",
-            &self.publisher_dir.join("mqtt-publisher"),
-            &args,
-            dir,
-        )?;
-        let (sub_usage, sub_end) = sub.reap_within(timeout)?;
-        let (pub_usage, _) = publisher.reap_within(Duration::from_secs(30))?;
-        let wall_s = sub_end.duration_since(started).as_secs_f64();
+        let program = self.publisher_dir.join("mqtt-publisher");
+        let mut publisher = spawn("publisher", &program, &args, dir)?;
+        let sub_exit = sub.wait(timeout)?;
+        let pub_exit = publisher.wait(Duration::from_secs(30))?;
+        let wall_s = sub_exit.at.duration_since(started).as_secs_f64();
 
-        let sub_json = read_json(&sub_report, &sub)?;
-        let pub_json = read_json(&pub_report, &publisher)?;
-        let latency = &sub_json["latency_us"];
-        let latency_us = (latency["samples"].as_u64().unwrap_or(0) > 0).then(|| Latency {
-            p50: latency["p50"].as_u64().unwrap_or(0),
-            p90: latency["p90"].as_u64().unwrap_or(0),
-            p99: latency["p99"].as_u64().unwrap_or(0),
-            p999: latency["p999"].as_u64().unwrap_or(0),
-            max: latency["max"].as_u64().unwrap_or(0),
-        });
+        let verified: VerifyReport = read_report(&sub_report, &sub)?;
+        let published: PublishReport = read_report(&pub_report, &publisher)?;
         Ok(Measurement {
             wall_s,
             msgs_per_s: self.messages as f64 / wall_s,
-            complete: sub_usage.code == Some(0)
-                && pub_usage.code == Some(0)
-                && sub_json["complete"] == true,
-            publisher_cpu_s: pub_usage.cpu_s,
-            subscriber_cpu_s: sub_usage.cpu_s,
-            publisher_rss_kib: pub_usage.peak_rss_kib,
-            subscriber_rss_kib: sub_usage.peak_rss_kib,
-            publisher_msgs_per_s: pub_json["msgs_per_s"].as_f64(),
-            subscriber_msgs_per_s: sub_json["msgs_per_s"].as_f64(),
-            latency_us,
+            complete: success(&sub_exit) && success(&pub_exit) && verified.verdict.complete,
+            publisher_cpu_s: pub_exit.cpu_s,
+            subscriber_cpu_s: sub_exit.cpu_s,
+            publisher_rss_kib: pub_exit.peak_rss_kib,
+            subscriber_rss_kib: sub_exit.peak_rss_kib,
+            publisher_msgs_per_s: Some(published.msgs_per_s),
+            subscriber_msgs_per_s: Some(verified.msgs_per_s),
+            latency_us: (verified.latency_us.samples > 0).then_some(verified.latency_us),
             ..Measurement::default()
         })
     }
@@ -217,31 +218,29 @@ impl Scenario {
         };
         let port = port.to_string();
         let n = self.messages.to_string();
-        let mut sub = Proc::spawn(
+        let mut sub = spawn(
             "seed-sub",
             python,
             &strings(&[path_str(&seed.join("seed_sub.py"))?, &port, &n, "900"]),
             dir,
         )?;
-        sub.wait_until("ready", Duration::from_secs(20), |out, _| {
-            out.contains("ready")
+        sub.wait_until("ready", Duration::from_secs(20), |p| {
+            p.stdout().contains("ready")
         })?;
         // `ready` comes before the SUBACK; Mosquitto logs the subscription itself.
-        broker.wait_until(
-            "the seed subscription",
-            Duration::from_secs(10),
-            |_, err| err.contains("seed-sub 1 sensors/data"),
-        )?;
+        broker.wait_until("the seed subscription", Duration::from_secs(10), |p| {
+            p.stderr().contains("seed-sub 1 sensors/data")
+        })?;
         let started = Instant::now();
-        let mut publisher = Proc::spawn(
+        let mut publisher = spawn(
             "seed-pub",
             python,
             &strings(&[path_str(&seed.join("seed_pub.py"))?, &port, &n]),
             dir,
         )?;
-        let (sub_usage, sub_end) = sub.reap_within(timeout)?;
-        let (pub_usage, _) = publisher.reap_within(Duration::from_secs(60))?;
-        let wall_s = sub_end.duration_since(started).as_secs_f64();
+        let sub_exit = sub.wait(timeout)?;
+        let pub_exit = publisher.wait(Duration::from_secs(60))?;
+        let wall_s = sub_exit.at.duration_since(started).as_secs_f64();
         let sub_out = sub.stdout();
         let summary = sub_out.lines().last().unwrap_or("");
         let complete = summary.contains("missing 0 ") && summary.ends_with("ok=True");
@@ -266,11 +265,11 @@ impl Scenario {
         Ok(Measurement {
             wall_s,
             msgs_per_s: self.messages as f64 / wall_s,
-            complete: complete && pub_usage.code == Some(0),
-            publisher_cpu_s: pub_usage.cpu_s,
-            subscriber_cpu_s: sub_usage.cpu_s,
-            publisher_rss_kib: pub_usage.peak_rss_kib,
-            subscriber_rss_kib: sub_usage.peak_rss_kib,
+            complete: complete && success(&pub_exit),
+            publisher_cpu_s: pub_exit.cpu_s,
+            subscriber_cpu_s: sub_exit.cpu_s,
+            publisher_rss_kib: pub_exit.peak_rss_kib,
+            subscriber_rss_kib: sub_exit.peak_rss_kib,
             publisher_msgs_per_s: pub_secs.map(|s| self.messages as f64 / s),
             subscriber_msgs_per_s: sub_secs.map(|s| self.messages as f64 / s),
             latency_us: None,
@@ -280,21 +279,17 @@ impl Scenario {
 }
 
 fn start_our_broker(bin_dir: &Path, dir: &Path) -> Result<(Proc, u16)> {
-    let mut broker = Proc::spawn(
+    let mut broker = spawn(
         "broker",
         &bin_dir.join("mqtt-broker"),
         &strings(&["--listen", "127.0.0.1:0"]),
         dir,
     )?;
-    broker.wait_until("listening line", Duration::from_secs(20), |out, _| {
-        out.contains("listening on")
-    })?;
-    let out = broker.stdout();
-    let port = out
-        .lines()
-        .find_map(|l| l.strip_prefix("mqtt-broker listening on "))
+    let line = broker.first_stdout_line(Duration::from_secs(20))?;
+    let port = line
+        .strip_prefix("mqtt-broker listening on ")
         .and_then(|addr| addr.trim().rsplit(':').next()?.parse().ok())
-        .with_context(|| format!("no port in the broker's line {out:?}"))?;
+        .with_context(|| format!("no port in the broker's line {line:?}"))?;
     Ok((broker, port))
 }
 
@@ -314,19 +309,21 @@ fn start_mosquitto(peers: &Peers, dir: &Path) -> Result<(Proc, u16)> {
              log_type notice\nlog_type information\nlog_type subscribe\n"
         ),
     )?;
-    let mut broker = Proc::spawn(
+    let mut broker = spawn(
         "mosquitto",
         mosquitto,
         &strings(&["-c", path_str(&config)?]),
         dir,
     )?;
-    broker.wait_until("listening", Duration::from_secs(10), |_, err| {
-        err.contains(" running") && TcpStream::connect(("127.0.0.1", port)).is_ok()
+    broker.wait_until("listening", Duration::from_secs(10), |p| {
+        p.stderr().contains(" running") && TcpStream::connect(("127.0.0.1", port)).is_ok()
     })?;
     Ok((broker, port))
 }
 
-fn read_json(path: &Path, proc: &Proc) -> Result<Value> {
+/// A client's JSON report as the type it was written from: a renamed or missing field
+/// is an error here, not a zero in the table.
+fn read_report<T: DeserializeOwned>(path: &Path, proc: &Proc) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "{} wrote no report; stderr:\n{}",
@@ -334,7 +331,13 @@ fn read_json(path: &Path, proc: &Proc) -> Result<Value> {
             tail(&proc.stderr())
         )
     })?;
-    Ok(serde_json::from_str(&text)?)
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}'s report {} is not what this bench reads",
+            proc.name,
+            path.display()
+        )
+    })
 }
 
 fn path_str(path: &Path) -> Result<&str> {

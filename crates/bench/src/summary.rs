@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::runner::{Latency, Measurement};
+use mqtt_protocol::timing::LatencySummary;
+
+use crate::runner::Measurement;
 use crate::scenario::Scenario;
 
 /// A row with every run and the medians the table shows.
@@ -20,6 +22,36 @@ pub struct Row {
     pub median: Option<Measurement>,
     /// Every run verified complete.
     pub all_complete: bool,
+}
+
+impl Row {
+    /// A row not run yet.
+    pub fn new(scenario: Scenario) -> Row {
+        Row {
+            scenario,
+            skipped: None,
+            errors: Vec::new(),
+            runs: Vec::new(),
+            median: None,
+            all_complete: false,
+        }
+    }
+
+    /// `group: name`, for progress lines.
+    pub fn label(&self) -> String {
+        format!("{}: {}", self.scenario.group, self.scenario.name)
+    }
+
+    /// Computes the medians of a row that ran; true unless it ran and a run failed or
+    /// was not verified complete (a skipped row is judged by the caller).
+    pub fn summarise(&mut self) -> bool {
+        if self.skipped.is_some() {
+            return true;
+        }
+        self.median = medians(&self.runs);
+        self.all_complete = !self.runs.is_empty() && self.runs.iter().all(|r| r.complete);
+        self.all_complete && self.errors.is_empty()
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -45,7 +77,7 @@ pub fn medians(runs: &[Measurement]) -> Option<Measurement> {
         let v: Vec<f64> = runs.iter().filter_map(f).collect();
         (!v.is_empty()).then(|| median(v))
     };
-    let lat = |f: fn(&Latency) -> u64| {
+    let lat = |f: fn(&LatencySummary) -> u64| {
         median(
             runs.iter()
                 .filter_map(|r| r.latency_us.map(|l| f(&l) as f64))
@@ -67,12 +99,13 @@ pub fn medians(runs: &[Measurement]) -> Option<Measurement> {
         latency_us: runs
             .iter()
             .any(|r| r.latency_us.is_some())
-            .then(|| Latency {
+            .then(|| LatencySummary {
                 p50: lat(|l| l.p50),
                 p90: lat(|l| l.p90),
                 p99: lat(|l| l.p99),
                 p999: lat(|l| l.p999),
                 max: lat(|l| l.max),
+                samples: lat(|l| l.samples),
             }),
     })
 }

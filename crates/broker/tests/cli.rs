@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -158,7 +158,8 @@ fn usage_errors_exit_2() {
     assert_eq!(code, Some(2), "{stderr}");
 }
 
-/// Opens and drops `count` TCP connections, and sends garbage on a few more.
+/// Opens and drops `count` TCP connections, and sends garbage on a few more, each time
+/// waiting until the broker has closed the connection: then it has dealt with it.
 fn abuse(addr: std::net::SocketAddr, count: usize) {
     for _ in 0..count {
         drop(TcpStream::connect_timeout(&addr, WAIT).expect("connect"));
@@ -171,8 +172,34 @@ fn abuse(addr: std::net::SocketAddr, count: usize) {
     ] {
         let mut stream = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
         let _ = stream.write_all(garbage);
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            closed_by_broker(&mut stream),
+            "the broker kept a connection that sent {garbage:?}"
+        );
     }
+}
+
+/// True once the broker has closed `stream` (EOF or reset), within [`WAIT`].
+fn closed_by_broker(stream: &mut TcpStream) -> bool {
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut buf = [0u8; 256];
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+    false
 }
 
 #[test]
@@ -181,7 +208,6 @@ fn aborted_connections_are_not_errors_and_do_not_harm_the_broker() {
     let addr = broker.ready();
     abuse(addr, 50);
     assert_eq!(mqtt_handshake(addr, "after-abuse"), CONNACK_ACCEPTED);
-    std::thread::sleep(Duration::from_millis(300));
     broker.signal(libc::SIGTERM);
     assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
 
@@ -209,7 +235,6 @@ fn with_debug_each_aborted_handshake_is_one_debug_line() {
     let addr = broker.ready();
     abuse(addr, 10);
     assert_eq!(mqtt_handshake(addr, "after-abuse"), CONNACK_ACCEPTED);
-    std::thread::sleep(Duration::from_millis(300));
     broker.signal(libc::SIGTERM);
     assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
 

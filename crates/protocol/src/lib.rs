@@ -1,15 +1,11 @@
-//! Everything the pipeline's broker, publisher and subscriber share: the reading and
-//! its encodings, topics, verification, report types, connection options, exit codes
-//! and the shutdown signal.
+//! The pipeline's domain, shared by the broker, the publisher and the subscriber: the
+//! reading and its encodings, topics, verification, timing, report types, merging the
+//! reports of share members, exit codes, what a process cost and the shutdown signal.
+//! Command lines, connections and terminals belong to `mqtt-client`.
 
-pub mod connect;
 pub mod exit;
-pub mod failover;
-pub mod logging;
 pub mod merge;
-pub mod progress;
 pub mod reading;
-pub mod reconnect;
 pub mod report;
 pub mod resources;
 pub mod shutdown;

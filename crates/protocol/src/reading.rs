@@ -62,11 +62,25 @@ pub struct Reading<'a> {
 /// How a reading is put on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-#[derive(clap::ValueEnum)]
 pub enum PayloadFormat {
     #[default]
     Binary,
     Json,
+}
+
+impl std::str::FromStr for PayloadFormat {
+    type Err = String;
+
+    /// `binary` or `json`, as `--payload` takes them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "binary" => Ok(PayloadFormat::Binary),
+            "json" => Ok(PayloadFormat::Json),
+            other => Err(format!(
+                "{other:?} is not a payload format (binary or json)"
+            )),
+        }
+    }
 }
 
 impl fmt::Display for PayloadFormat {

@@ -379,6 +379,28 @@ fn verdict_line(v: &Verdict) -> String {
     }
 }
 
+/// An error that may carry the report of what was done before it failed.
+pub trait Partial<R> {
+    fn partial_report(&self) -> Option<&R>;
+}
+
+/// [`conclude`] for the result of a client run: its report, or its error with whatever
+/// report the error carries.
+pub fn conclude_run<R, E>(
+    result: &Result<R, E>,
+    json_path: Option<&Path>,
+    verdict: impl Fn(&R) -> u8,
+) -> std::process::ExitCode
+where
+    R: Serialize + fmt::Display,
+    E: fmt::Display + Partial<R>,
+{
+    match result {
+        Ok(report) => conclude(Some(report), None, json_path, verdict),
+        Err(e) => conclude(e.partial_report(), Some(e), json_path, verdict),
+    }
+}
+
 /// The end of a client run, shared by both binaries: prints the summary of whatever was
 /// done (also after a failure), writes the JSON report if asked, prints the error if
 /// any, and returns the exit code: 1 for an error or an unwritable report, else

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::reading::{self, DecodeError};
 
+mod snapshot;
+pub use snapshot::{SnapshotError, StreamSnapshot, VerifierSnapshot};
+
 /// How many missing ranges a report lists.
 pub const MISSING_RANGES_LISTED: usize = 10;
 

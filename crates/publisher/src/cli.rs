@@ -1,11 +1,10 @@
 //! The publisher's command line.
 
-use std::path::PathBuf;
-
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::Parser;
-use mqtt_protocol::connect::BrokerArgs;
+use mqtt_client::connect::MAX_PACKET_SIZE;
+use mqtt_client::flags::ClientArgs;
 use mqtt_protocol::reading::{PayloadFormat, MAX_DEVICE_ID_LEN};
-use mqtt_protocol::reconnect::ReconnectArgs;
 use mqtt_protocol::{exit, topic};
 
 /// IoT sensor simulator: publishes numbered sensor readings to an MQTT broker and counts
@@ -14,40 +13,31 @@ use mqtt_protocol::{exit, topic};
 /// Prints `Messages published: N` every --progress-every messages and a summary at the
 /// end on stderr; --report-json writes the same figures as JSON.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "mqtt-publisher", version, after_help = exit::HELP)]
+#[command(
+    name = "mqtt-publisher",
+    version,
+    after_help = exit::HELP,
+    mut_arg("count", |a| a.help("Readings to publish, per device (sequence numbers 1..=N)")),
+    mut_arg("progress_every", |a| a.help("Print `Messages published: N` every K messages (0: never)"))
+)]
 pub struct PublisherArgs {
     #[command(flatten)]
-    pub broker: BrokerArgs,
-
-    #[command(flatten)]
-    pub reconnect: ReconnectArgs,
+    pub client: ClientArgs,
 
     /// Topic to publish to (no wildcards).
     #[arg(long, default_value = "sensors/data", value_parser = topic::parse_topic_name)]
     pub topic: String,
 
-    /// Number of readings to publish (sequence numbers 1..=N).
-    #[arg(long, short = 'n', default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub count: u64,
-
-    /// MQTT quality of service: 0 at most once, 1 at least once, 2 exactly once.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
-    pub qos: u8,
-
-    /// Print `Messages published: N` every K messages (0: never).
-    #[arg(long, value_name = "K", default_value_t = 1000)]
-    pub progress_every: u64,
-
-    /// Write the final report as JSON to PATH (`-` for stdout).
-    #[arg(long, value_name = "PATH")]
-    pub report_json: Option<PathBuf>,
-
     /// Payload encoding: compact binary or JSON.
-    #[arg(long, value_enum, default_value_t = PayloadFormat::Binary)]
+    #[arg(
+        long,
+        default_value = "binary",
+        value_parser = PossibleValuesParser::new(["binary", "json"]).try_map(|s| s.parse::<PayloadFormat>())
+    )]
     pub payload: PayloadFormat,
 
     /// Pad each reading to at least BYTES bytes (binary size; JSON comes out larger).
-    #[arg(long, value_name = "BYTES", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=(mqtt_protocol::connect::MAX_PACKET_SIZE as i64 / 2)))]
+    #[arg(long, value_name = "BYTES", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=(MAX_PACKET_SIZE as i64 / 2)))]
     pub payload_size: u32,
 
     /// Device id carried in every reading.
@@ -83,7 +73,7 @@ pub struct PublisherArgs {
 impl PublisherArgs {
     /// Checks what clap cannot check flag by flag: the names the devices will get.
     pub fn validate(&self) -> Result<(), String> {
-        self.broker.validate()?;
+        self.client.validate()?;
         if self.devices > 1 {
             let longest = crate::device::Identity::new(self, self.devices, "x");
             if longest.device_id.len() > MAX_DEVICE_ID_LEN {
@@ -104,7 +94,7 @@ impl PublisherArgs {
 
     /// Readings each device is asked for; `None` when publishing for a --duration.
     pub fn count_per_device(&self) -> Option<u64> {
-        self.duration.is_none().then_some(self.count)
+        self.duration.is_none().then_some(self.client.count)
     }
 }
 

@@ -5,21 +5,21 @@
 //! the *driver* polls the event loop, counting what went out and what came back.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use mqtt_protocol::connect::{disconnect, first_connack, ConnectError};
-use mqtt_protocol::progress::Progress;
+use mqtt_client::connect::{disconnect, first_connack, ConnectError, Session};
+use mqtt_client::progress::Progress;
+use mqtt_client::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::reading::Reading;
-use mqtt_protocol::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::timing::now_unix_us;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, Request};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, Publish};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::ledger;
 use crate::pacing::Schedule;
 use crate::sensor::Sensor;
 use crate::PublisherArgs;
@@ -68,15 +68,16 @@ pub struct Connected {
 
 /// Connects one device and waits for the broker's CONNACK.
 pub async fn connect(args: &PublisherArgs, identity: Identity) -> Result<Connected, ConnectError> {
-    let mut options = args.broker.mqtt_options(identity.client_id.clone());
-    // A named client keeps its session, so the broker resumes it after a reconnect;
-    // a default id is random, and a session under it could never be resumed.
-    options
-        .set_inflight(args.inflight)
-        .set_clean_session(args.broker.client_id.is_none());
-    let (client, mut eventloop) = AsyncClient::new(options, usize::from(args.inflight));
-    args.broker.configure(&mut eventloop);
-    first_connack(&mut eventloop, &args.broker).await?;
+    let (client, mut eventloop) = args.client.broker.open(&Session {
+        client_id: identity.client_id.clone(),
+        // A named client keeps its session, so the broker resumes it after a reconnect;
+        // a default id is random, and a session under it could never be resumed.
+        clean: args.client.broker.client_id.is_none(),
+        inflight: Some(args.inflight),
+        manual_acks: false,
+        request_capacity: usize::from(args.inflight),
+    });
+    first_connack(&mut eventloop, &args.client.broker).await?;
     Ok(Connected {
         identity,
         stream_id: rand::random(),
@@ -170,7 +171,7 @@ pub async fn run(
     loop {
         // What was handed over, or went out: whichever the driver has seen more of.
         let target = handed_over.load(Ordering::Acquire).max(outcome.published);
-        let confirmed = if args.qos == 0 {
+        let confirmed = if args.client.qos == 0 {
             outcome.published
         } else {
             outcome.acked
@@ -190,17 +191,17 @@ pub async fn run(
             }
             event = eventloop.poll() => match event {
                 Ok(event) => {
-                    if tally(&mut outcome, &mut resends_due, &event, args.qos, &shared) {
+                    if tally(&mut outcome, &mut resends_due, &event, args.client.qos, &shared) {
                         activity += 1;
                     }
                 }
                 Err(e) => {
                     // Events of the lost connection still queued (a publish whose write
                     // failed, acks read in the last batch) count under its rules.
-                    for event in std::mem::take(&mut eventloop.state.events) {
-                        tally(&mut outcome, &mut resends_due, &event, args.qos, &shared);
+                    for event in ledger::events_left(&mut eventloop) {
+                        tally(&mut outcome, &mut resends_due, &event, args.client.qos, &shared);
                     }
-                    if args.reconnect.reconnect_for == 0 {
+                    if args.client.reconnect.reconnect_for == 0 {
                         outcome.lost = Some(e.to_string());
                         break;
                     }
@@ -278,21 +279,11 @@ fn tally(
     true
 }
 
-/// The publisher's ledger across a lost connection: rumqttc keeps what the broker has
-/// not acknowledged in its pending queue, but clears that queue when the broker answers
-/// the reconnect without a session (always, after a broker restart). We keep a copy and
-/// put it back, so no reading is ever dropped by the client; the subscriber can then
-/// blame only the broker for what the broker lost.
-///
-/// The queue is split in two. Publishes that went out before (they have a packet id) are
-/// written again at once, first (see [`send_pending`]); the driver counts the first
-/// `resends` outgoing publishes as resends, the number returned. Publishes never sent
-/// (rumqttc moved them there from its request channel, plus one held back by a packet-id
-/// collision) go back through the request channel on a task of their own, under rumqttc's
-/// flow control: left in the pending queue, which rumqttc drains past its in-flight
-/// limit, each would take a packet id still held by a resend, and rumqttc keeps only the
-/// last of such collisions, silently dropping the others (999 readings lost in a test
-/// where a NATS node died with the window full).
+/// Rides out a lost connection keeping every reading (see [`ledger`]): publishes that
+/// went out before are written again at once after the CONNACK, first; the driver counts
+/// the first `resends` outgoing publishes as resends, the number returned. Publishes
+/// never sent go back through the request channel on a task of their own, under
+/// rumqttc's flow control.
 async fn resume(
     eventloop: &mut EventLoop,
     lost: ConnectionError,
@@ -301,34 +292,27 @@ async fn resume(
     stop: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> Result<u64, ReconnectError> {
-    let mut queued = std::mem::take(&mut eventloop.pending);
-    if let Some(mut collided) = eventloop.state.collision.take() {
-        collided.pkid = 0;
-        queued.push_back(Request::Publish(collided));
-    }
-    let (ledger, fresh): (VecDeque<Request>, VecDeque<Request>) = queued
-        .into_iter()
-        .partition(|r| !matches!(r, Request::Publish(p) if p.pkid == 0));
-    let resends = ledger
-        .iter()
-        .filter(|r| matches!(r, Request::Publish(_)))
-        .count() as u64;
-    tokio::spawn(republish(client.clone(), fresh, stop.clone()));
+    let unacked = ledger::take_unacknowledged(eventloop);
+    let resends = unacked.resends();
+    tokio::spawn(republish(client.clone(), unacked.fresh, stop.clone()));
     // rumqttc clears its (now empty) pending queue on a CONNACK without a session; the
     // ledger goes back after it either way.
-    reconnect(eventloop, lost, &args.broker, &args.reconnect, shutdown).await?;
-    eventloop.pending = ledger;
-    send_pending(eventloop).await;
+    reconnect(
+        eventloop,
+        lost,
+        &args.client.broker,
+        &args.client.reconnect,
+        shutdown,
+    )
+    .await?;
+    ledger::send_again(eventloop, unacked.ledger).await;
     Ok(resends)
 }
 
 /// Hands never-sent publishes back to rumqttc's request channel, in order, waiting for
 /// room as the producer does.
-async fn republish(client: AsyncClient, fresh: VecDeque<Request>, stop: CancellationToken) {
-    for request in fresh {
-        let Request::Publish(p) = request else {
-            continue;
-        };
+async fn republish(client: AsyncClient, fresh: Vec<Publish>, stop: CancellationToken) {
+    for p in fresh {
         tokio::select! {
             _ = stop.cancelled() => return,
             sent = client.publish_bytes(p.topic.clone(), p.qos, p.retain, p.payload) => {
@@ -337,33 +321,6 @@ async fn republish(client: AsyncClient, fresh: VecDeque<Request>, stop: Cancella
                 }
             }
         }
-    }
-}
-
-/// Writes rumqttc's pending queue (the resends) to the new connection at once, through the same
-/// state machine its event loop uses (packet ids, in-flight table, `Outgoing` events).
-/// rumqttc itself sends that queue one request per timer tick: its `pending_throttle`
-/// sleep rounds even zero up to a millisecond, so a full window of 1,000 resends took a
-/// second, and under frequent cuts the publisher never got past its resends (about
-/// 1,000 readings/s). A write that fails leaves the rest queued; the next poll sees the
-/// broken connection and rumqttc takes back what was written, as usual.
-async fn send_pending(eventloop: &mut EventLoop) {
-    let Some(network) = eventloop.network.as_mut() else {
-        return;
-    };
-    while let Some(request) = eventloop.pending.pop_front() {
-        let written = match eventloop.state.handle_outgoing_packet(request) {
-            Ok(Some(packet)) => network.write(packet).await,
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            tracing::debug!("resending the pending queue failed: {e}");
-            return;
-        }
-    }
-    if let Err(e) = network.flush().await {
-        tracing::debug!("resending the pending queue failed: {e}");
     }
 }
 
@@ -377,7 +334,7 @@ async fn produce(
     handed_over: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
-    let qos = mqtt_protocol::connect::qos(args.qos);
+    let qos = mqtt_client::connect::qos(args.client.qos);
     let mut encoder = Encoder::new(&args, &identity.device_id, stream_id, plan.count);
     let last = match (plan.count, plan.schedule, plan.end) {
         (Some(count), _, _) => count,
@@ -486,32 +443,22 @@ mod tests {
         PublisherArgs::parse_from(std::iter::once("mqtt-publisher").chain(extra.iter().copied()))
     }
 
+    /// The names device `index` gets, as plain strings.
+    fn names(a: &PublisherArgs, index: u32, prefix: &str) -> [String; 3] {
+        let id = Identity::new(a, index, prefix);
+        [id.client_id, id.device_id, id.topic]
+    }
+
     #[test]
     fn one_device_keeps_the_names_given() {
         let a = args(&["--topic", "t/x", "--device-id", "d"]);
-        let id = Identity::new(&a, 1, "pub-1");
-        assert_eq!(
-            (
-                id.client_id.as_str(),
-                id.device_id.as_str(),
-                id.topic.as_str()
-            ),
-            ("pub-1", "d", "t/x")
-        );
+        assert_eq!(names(&a, 1, "pub-1"), ["pub-1", "d", "t/x"]);
     }
 
     #[test]
     fn several_devices_get_names_and_topics_of_their_own() {
         let a = args(&["--topic", "t/x", "--device-id", "d", "--devices", "3"]);
-        let id = Identity::new(&a, 3, "pub");
-        assert_eq!(
-            (
-                id.client_id.as_str(),
-                id.device_id.as_str(),
-                id.topic.as_str()
-            ),
-            ("pub-3", "d-3", "t/x/d-3")
-        );
+        assert_eq!(names(&a, 3, "pub"), ["pub-3", "d-3", "t/x/d-3"]);
         assert!(a.validate().is_ok());
         let bad = args(&["--device-id", "a+b", "--devices", "2"]);
         assert!(bad.validate().is_err());

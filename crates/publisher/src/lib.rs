@@ -7,6 +7,7 @@
 
 pub mod cli;
 mod device;
+pub mod ledger;
 pub mod pacing;
 pub mod report;
 mod sensor;
@@ -15,9 +16,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mqtt_protocol::connect::ConnectError;
-use mqtt_protocol::progress::Progress;
-use mqtt_protocol::report::{rate, PublishReport, SCHEMA_VERSION};
+use mqtt_client::connect::ConnectError;
+use mqtt_client::progress::Progress;
+use mqtt_protocol::report::{rate, Partial, PublishReport, SCHEMA_VERSION};
 use mqtt_protocol::resources::peak_rss_kib;
 use mqtt_protocol::timing::now_unix_us;
 use tokio::task::JoinSet;
@@ -41,9 +42,9 @@ pub enum PublishError {
     },
 }
 
-impl PublishError {
+impl Partial<RunReport> for PublishError {
     /// What had been done before the failure, if the connections were ever up.
-    pub fn partial_report(&self) -> Option<&RunReport> {
+    fn partial_report(&self) -> Option<&RunReport> {
         match self {
             PublishError::Connect(_) => None,
             PublishError::ConnectionLost { report, .. } => Some(report),
@@ -57,7 +58,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<RunReport, PublishError> {
     let args = Arc::new(args);
-    let client_prefix = args.broker.client_id_or("mqtt-pub");
+    let client_prefix = args.client.broker.client_id_or("mqtt-pub");
     let devices = connect_all(&args, &client_prefix).await?;
     let count_per_device = args.count_per_device();
     let asked = count_per_device.map_or(0, |c| c * u64::from(args.devices));
@@ -66,7 +67,7 @@ pub async fn run(
         .map(|d| format!("{:016x}", d.stream_id))
         .collect();
     info!(
-        broker = %args.broker.address(),
+        broker = %args.client.broker.address(),
         client_id = %client_prefix,
         stream_id = %streams[0],
         devices = args.devices,
@@ -77,7 +78,7 @@ pub async fn run(
             (None, d) => format!("for {} s", d.unwrap_or_default()),
         },
         if args.devices == 1 { args.topic.clone() } else { format!("{}/+", args.topic) },
-        args.qos
+        args.client.qos
     );
 
     let mut report = PublishReport {
@@ -87,7 +88,7 @@ pub async fn run(
         stream_id: streams[0].clone(),
         device_id: args.device_id.clone(),
         topic: args.topic.clone(),
-        qos: args.qos,
+        qos: args.client.qos,
         payload: args.payload.to_string(),
         payload_bytes: sample_payload_len(&args),
         count: asked,
@@ -107,7 +108,11 @@ pub async fn run(
         (n, ..) => n,
     };
     let shared = Arc::new(Shared {
-        progress: Progress::new("Messages published", args.progress_every, expected_total),
+        progress: Progress::new(
+            "Messages published",
+            args.client.progress_every,
+            expected_total,
+        ),
         published: AtomicU64::new(0),
     });
     let started = Instant::now();
@@ -168,8 +173,9 @@ pub async fn run(
         Some(_) => report.published == asked,
         None => report.published > 0,
     };
-    report.complete =
-        all_published && (args.qos == 0 || report.acked == report.published) && lost.is_none();
+    report.complete = all_published
+        && (args.client.qos == 0 || report.acked == report.published)
+        && lost.is_none();
     report.peak_rss_kib = peak_rss_kib();
     let report = RunReport {
         summary: report,

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use mqtt_protocol::{exit, logging, report, shutdown};
+use mqtt_client::{logging, shutdown};
+use mqtt_protocol::resources::raise_open_file_limit;
+use mqtt_protocol::{exit, report};
 use mqtt_publisher::PublisherArgs;
 
 #[tokio::main(flavor = "current_thread")]
@@ -16,14 +18,10 @@ async fn main() -> ExitCode {
             .exit();
     }
     logging::init("info");
-    raise_open_file_limit(args.devices);
-    let report_path = args.report_json.clone();
+    check_open_file_limit(args.devices);
+    let report_path = args.client.report_json.clone();
     let result = mqtt_publisher::run(args, shutdown::on_signals()).await;
-    let (report, error) = match &result {
-        Ok(report) => (Some(report), None),
-        Err(e) => (e.partial_report(), Some(e as &dyn std::fmt::Display)),
-    };
-    report::conclude(report, error, report_path.as_deref(), |r| {
+    report::conclude_run(&result, report_path.as_deref(), |r| {
         if r.summary.interrupted {
             exit::INTERRUPTED
         } else if !r.summary.complete {
@@ -36,30 +34,16 @@ async fn main() -> ExitCode {
 
 /// Each device is a socket of its own: lift the soft limit on open files to the hard one
 /// (1,024 by default on many systems), and say so if even that is too low.
-fn raise_open_file_limit(devices: u32) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+fn check_open_file_limit(devices: u32) {
+    let Some(limit) = raise_open_file_limit() else {
+        return;
     };
-    // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-            }
-        }
-    }
     // Sockets plus stdio, the runtime's own descriptors and some slack.
     let needed = u64::from(devices) + 64;
-    if limit.rlim_cur < needed {
+    if limit < needed {
         tracing::warn!(
-            "the open-file limit is {} but {devices} devices need about {needed}; \
-             connections may fail (raise it with `ulimit -n`)",
-            limit.rlim_cur
+            "the open-file limit is {limit} but {devices} devices need about {needed}; \
+             connections may fail (raise it with `ulimit -n`)"
         );
     }
 }

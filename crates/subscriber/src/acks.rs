@@ -6,27 +6,27 @@
 
 use std::time::{Duration, Instant};
 
-use mqtt_protocol::verify::Observation;
+use mqtt_protocol::verify::{Observation, Verifier};
 use rumqttc::{AsyncClient, Publish};
 
-use crate::journal::{Journal, JournalError};
+use crate::state::{State, StateError};
 
 /// Most readings awaiting their ack at once (half of rumqttd's window of 100).
 pub const MAX_BATCH: usize = 50;
 /// Longest a reading waits for its ack when the stream is slow.
 pub const MAX_DELAY: Duration = Duration::from_millis(5);
 
-/// Holds back acks until the journal has the readings they cover.
+/// Holds back acks until the state file has the readings they cover.
 pub struct AckBatch {
-    journal: Journal,
+    state: State,
     pending: Vec<Publish>,
     oldest: Option<Instant>,
 }
 
 impl AckBatch {
-    pub fn new(journal: Journal) -> Self {
+    pub fn new(state: State) -> Self {
         AckBatch {
-            journal,
+            state,
             pending: Vec::with_capacity(MAX_BATCH),
             oldest: None,
         }
@@ -34,7 +34,7 @@ impl AckBatch {
 
     /// Puts an arrival on record (buffered until [`Self::commit`]).
     pub fn record(&mut self, observation: &Observation<'_>) {
-        self.journal.append(observation);
+        self.state.record(observation);
     }
 
     /// Holds back the ack of a recorded arrival; returns true when the batch is full
@@ -50,10 +50,11 @@ impl AckBatch {
         self.oldest.map(|t| t + MAX_DELAY)
     }
 
-    /// Writes the journal, then queues the acks in arrival order. The client's request
-    /// channel must have room for [`MAX_BATCH`] acks.
-    pub fn commit(&mut self, client: &AsyncClient) -> Result<(), JournalError> {
-        self.journal.commit()?;
+    /// Writes the journal (checkpointing `verifier` when it is due), then queues the
+    /// acks in arrival order. The client's request channel must have room for
+    /// [`MAX_BATCH`] acks.
+    pub fn commit(&mut self, client: &AsyncClient, verifier: &Verifier) -> Result<(), StateError> {
+        self.state.commit(verifier)?;
         for publish in self.pending.drain(..) {
             // A full or closed channel means the connection is going away; the broker
             // will deliver the reading again, and the journal already has it (counted
@@ -66,10 +67,17 @@ impl AckBatch {
 
     /// Forgets acks that can no longer be sent (the connection they belong to is gone)
     /// after writing the records, which stay valid.
-    pub fn abandon(&mut self) -> Result<(), JournalError> {
-        self.journal.commit()?;
+    pub fn abandon(&mut self, verifier: &Verifier) -> Result<(), StateError> {
+        self.state.commit(verifier)?;
         self.pending.clear();
         self.oldest = None;
         Ok(())
+    }
+
+    /// Commits and acks what is held, and leaves the state as a checkpoint and an empty
+    /// journal: the end of a run.
+    pub fn finish(&mut self, client: &AsyncClient, verifier: &Verifier) -> Result<(), StateError> {
+        self.commit(client, verifier)?;
+        self.state.finish(verifier)
     }
 }

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use mqtt_protocol::connect::BrokerArgs;
-use mqtt_protocol::reconnect::ReconnectArgs;
+use mqtt_client::flags::ClientArgs;
 use mqtt_protocol::{exit, topic};
+
+use crate::state::{Policy, Stage};
 
 /// Data consumer and verifier: subscribes to sensor readings, counts them, and proves
 /// that every expected reading arrived intact (no gaps, no corruption).
@@ -26,47 +27,31 @@ use mqtt_protocol::{exit, topic};
     name = "mqtt-subscriber",
     version,
     after_help = exit::HELP,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    mut_arg("count", |a| a.help("Distinct readings expected over all streams; stop once they arrived")),
+    mut_arg("progress_every", |a| a.help("Print `Messages received: N` every K messages (0: never)"))
 )]
 pub struct SubscriberArgs {
     #[command(subcommand)]
     pub command: Option<Command>,
 
     #[command(flatten)]
-    pub broker: BrokerArgs,
-
-    #[command(flatten)]
-    pub reconnect: ReconnectArgs,
+    pub client: ClientArgs,
 
     /// Topic filter to subscribe to (`+` and `#` wildcards allowed).
     #[arg(long, value_name = "FILTER", default_value = "sensors/#", value_parser = topic::parse_topic_filter)]
     pub topic: String,
-
-    /// Number of distinct readings expected over all streams; stop once they arrived.
-    #[arg(long, short = 'n', default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub count: u64,
-
-    /// MQTT quality of service for the subscription: 0, 1 or 2.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
-    pub qos: u8,
-
-    /// Print `Messages received: N` every K messages (0: never).
-    #[arg(long, value_name = "K", default_value_t = 1000)]
-    pub progress_every: u64,
 
     /// Stop when nothing arrived for this many seconds, counted from the first
     /// message (before it, wait as long as it takes).
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_seconds)]
     pub idle_timeout: f64,
 
-    /// Write the final report as JSON to PATH (`-` for stdout).
-    #[arg(long, value_name = "PATH")]
-    pub report_json: Option<PathBuf>,
-
-    /// Keep a journal of what arrived in PATH and acknowledge readings only once they
-    /// are on record; a subscriber killed and started again with the same PATH resumes
-    /// with an exact verdict. Implies a persistent session (the client id is kept in
-    /// the file).
+    /// Keep what arrived in PATH (a journal, checkpointed to PATH.checkpoint so that it
+    /// stays about as small as the verifier's bitmaps) and acknowledge readings only once
+    /// they are on record; a subscriber killed and started again with the same PATH
+    /// resumes with an exact verdict. Implies a persistent session (the client id is kept
+    /// in the file).
     #[arg(long, value_name = "PATH")]
     pub state: Option<PathBuf>,
 
@@ -87,6 +72,16 @@ pub struct SubscriberArgs {
     /// the verdict. Always a clean session, even with --client-id; not with --state.
     #[arg(long, value_name = "GROUP", value_parser = share_group)]
     pub share: Option<String>,
+
+    /// Checkpoint the state once the journal holds this many bytes (and twice the last
+    /// checkpoint's size); for tests.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, hide = true)]
+    pub checkpoint_bytes: u64,
+
+    /// Pause (60 s) at this point of every checkpoint, saying so on stderr, so that a
+    /// test can kill the subscriber there.
+    #[arg(long, value_name = "STAGE", value_enum, hide = true)]
+    pub checkpoint_pause: Option<Stage>,
 
     /// Put each stream's set of received sequence numbers into the JSON report (base64
     /// of a roaring bitmap), so that `merge` can combine this report with others.
@@ -128,7 +123,7 @@ pub struct MergeArgs {
 impl SubscriberArgs {
     /// Checks what clap cannot check flag by flag.
     pub fn validate(&self) -> Result<(), String> {
-        self.broker.validate()?;
+        self.client.validate()?;
         if self.share.is_some() && self.state.is_some() {
             return Err(
                 "--share cannot be used with --state: a journal needs a persistent \
@@ -138,6 +133,14 @@ impl SubscriberArgs {
             );
         }
         Ok(())
+    }
+
+    /// When to checkpoint the --state (see `state`).
+    pub fn policy(&self) -> Policy {
+        Policy {
+            min_journal_bytes: self.checkpoint_bytes,
+            pause: self.checkpoint_pause,
+        }
     }
 
     /// The filter to subscribe with: `--topic`, or `$share/GROUP/<topic>` with `--share`.
@@ -182,7 +185,10 @@ mod tests {
     fn the_flat_flags_still_run_the_subscriber() {
         let args = parse(&["--count", "5", "--topic", "a/#"]).unwrap();
         assert!(args.command.is_none());
-        assert_eq!((args.count, args.subscription().as_str()), (5, "a/#"));
+        assert_eq!(
+            (args.client.count, args.subscription().as_str()),
+            (5, "a/#")
+        );
         assert!(args.validate().is_ok());
     }
 

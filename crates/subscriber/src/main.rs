@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
+use mqtt_client::{logging, shutdown};
 use mqtt_protocol::verify::Verdict;
-use mqtt_protocol::{exit, logging, report, shutdown};
+use mqtt_protocol::{exit, report};
 use mqtt_subscriber::cli::{Command, MergeArgs};
 use mqtt_subscriber::SubscriberArgs;
 
@@ -21,13 +22,9 @@ async fn main() -> ExitCode {
             .exit();
     }
     logging::init("info");
-    let report_path = args.report_json.clone();
+    let report_path = args.client.report_json.clone();
     let result = mqtt_subscriber::run(args, shutdown::on_signals()).await;
-    let (report, error) = match &result {
-        Ok(report) => (Some(report), None),
-        Err(e) => (e.partial_report(), Some(e as &dyn std::fmt::Display)),
-    };
-    report::conclude(report, error, report_path.as_deref(), |r| {
+    report::conclude_run(&result, report_path.as_deref(), |r| {
         if r.interrupted {
             exit::INTERRUPTED
         } else if r.share_group.is_some() && r.verdict.corrupt == 0 {

@@ -3,13 +3,13 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use mqtt_harness::process::Proc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mqtt-broker");
 /// Upper bound for anything the broker is expected to do "at once".
@@ -26,12 +26,12 @@ pub fn shipped_config() -> PathBuf {
     workspace_root().join("config/broker.toml")
 }
 
-/// A running (or finished) `mqtt-broker` process.
+/// A running (or finished) `mqtt-broker` process, under the workspace's one process
+/// wrapper (`mqtt_harness::process`).
 pub struct Broker {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: Option<JoinHandle<String>>,
-    status: Option<ExitStatus>,
+    proc: Proc,
+    /// Stdout lines already handed out (the listening line, once read).
+    lines_read: usize,
 }
 
 impl Broker {
@@ -42,60 +42,30 @@ impl Broker {
     }
 
     pub fn start_with(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Broker {
-        let mut command = Command::new(BIN);
+        let mut command = Proc::command(Path::new(BIN));
         command
             .args(args)
             .current_dir(cwd)
-            .env_remove("RUST_LOG")
-            .env_remove("MQTT_BROKER_CONFIG")
-            .env_remove("MQTT_BROKER_LISTEN")
             .env_remove("NO_COLOR")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("spawn mqtt-broker");
-
-        let (tx, stdout) = mpsc::channel();
-        let out = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().expect("piped stderr");
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            text
-        });
+            .envs(env.iter().copied());
+        let proc = Proc::spawn("mqtt-broker", &mut command, None).expect("spawn mqtt-broker");
         Broker {
-            child,
-            stdout,
-            stderr: Some(stderr),
-            status: None,
+            proc,
+            lines_read: 0,
         }
     }
 
     pub fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).expect("pid fits in i32")
+        self.proc.pid()
     }
 
     /// Waits for the "listening on" line and returns the address it names.
     pub fn ready(&mut self) -> SocketAddr {
-        let line = match self.stdout.recv_timeout(WAIT) {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = self.child.kill();
-                panic!(
-                    "no listening line within {WAIT:?} ({e}); stderr:\n{}",
-                    self.stderr()
-                );
-            }
-        };
+        let line = self
+            .proc
+            .first_stdout_line(WAIT)
+            .unwrap_or_else(|e| panic!("no listening line: {e}"));
+        self.lines_read = 1;
         let addr = line
             .strip_prefix(READY)
             .unwrap_or_else(|| panic!("unexpected first stdout line: {line:?}"));
@@ -104,58 +74,34 @@ impl Broker {
     }
 
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+        self.proc
+            .signal(signal)
+            .unwrap_or_else(|e| panic!("kill({}, {signal}) failed: {e}", self.pid()));
     }
 
     /// Waits for the process to end (killing it and failing after `limit`).
     pub fn wait(&mut self, limit: Duration) -> ExitStatus {
-        if let Some(status) = self.status {
-            return status;
-        }
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.status = Some(status);
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "mqtt-broker still running after {limit:?}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match self.proc.wait(limit) {
+            Ok(exit) => exit.status,
+            Err(e) => panic!("mqtt-broker still running after {limit:?}: {e}"),
         }
     }
 
-    /// Everything written on stderr; waits for the process to close it (so: call after exit).
+    /// Everything written on stderr so far.
     pub fn stderr(&mut self) -> String {
-        match self.stderr.take() {
-            Some(handle) => handle.join().unwrap_or_default(),
-            None => String::new(),
-        }
+        self.proc.stderr()
     }
 
-    /// Remaining stdout lines (call after exit).
+    /// The stdout lines not read yet (call after exit).
     pub fn stdout_lines(&mut self) -> Vec<String> {
-        let mut lines = Vec::new();
-        while let Ok(line) = self.stdout.recv_timeout(Duration::from_secs(2)) {
-            lines.push(line);
-        }
+        let out = self.proc.stdout();
+        let lines: Vec<String> = out
+            .lines()
+            .skip(self.lines_read)
+            .map(str::to_owned)
+            .collect();
+        self.lines_read += lines.len();
         lines
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    ConnAck, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions,
-    StateError, TlsConfiguration, Transport,
+    AsyncClient, ConnAck, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming,
+    MqttOptions, StateError, TlsConfiguration, Transport,
 };
 use rustls::pki_types::CertificateDer;
 use thiserror::Error;
@@ -165,15 +165,20 @@ impl BrokerArgs {
         self.tls || self.ca_file.is_some()
     }
 
-    /// MQTT options for a clean session with `client_id` on the first broker, with TLS
-    /// and credentials as the flags (and `MQTT_PASSWORD`) say.
-    pub fn mqtt_options(&self, client_id: String) -> MqttOptions {
-        let first = self.endpoints().swap_remove(0);
-        let mut options = MqttOptions::new(client_id, first.host, first.port);
+    /// The MQTT options of `session` at broker `at`: every option either client sets is
+    /// set here, from the flags and the session, so failover (which must rebuild the
+    /// options for another broker, see [`crate::failover::retarget`]) can keep them all.
+    pub fn options_at(&self, session: &Session, at: &Endpoint) -> MqttOptions {
+        let mut options = MqttOptions::new(session.client_id.clone(), at.host.clone(), at.port);
         options
-            .set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(true)
-            .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
+            .set_keep_alive(KEEP_ALIVE)
+            .set_clean_session(session.clean)
+            .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE)
+            .set_manual_acks(session.manual_acks)
+            .set_request_channel_capacity(session.request_capacity);
+        if let Some(inflight) = session.inflight {
+            options.set_inflight(inflight);
+        }
         if let Some(user) = &self.username {
             let password = std::env::var(PASSWORD_ENV).unwrap_or_default();
             options.set_credentials(user.clone(), password);
@@ -187,12 +192,38 @@ impl BrokerArgs {
         options
     }
 
-    /// Applies the connect timeout to an event loop built from [`Self::mqtt_options`].
-    pub fn configure(&self, eventloop: &mut EventLoop) {
+    /// A client handle and its event loop for `session`, pointed at the first broker and
+    /// with the connect timeout applied; nothing is sent until the first poll.
+    pub fn open(&self, session: &Session) -> (AsyncClient, EventLoop) {
+        let first = self.endpoints().swap_remove(0);
+        let options = self.options_at(session, &first);
+        let (client, mut eventloop) = AsyncClient::new(options, session.request_capacity);
         let mut network = eventloop.network_options();
         network.set_connection_timeout(self.connect_timeout);
         eventloop.set_network_options(network);
+        (client, eventloop)
     }
+}
+
+/// Keep-alive of both clients' connections.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// What one client's session needs beyond the shared flags. Together with
+/// [`BrokerArgs`] it decides every MQTT option (see [`BrokerArgs::options_at`]); a new
+/// option belongs here, where the failover test sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub client_id: String,
+    /// A clean session; a persistent one keeps what arrives while the client is away.
+    pub clean: bool,
+    /// Publishes that may await their acknowledgement at once (rumqttc's default, 100,
+    /// when `None`).
+    pub inflight: Option<u16>,
+    /// Incoming publishes are acknowledged by the client itself (the subscriber's
+    /// journal), not by rumqttc on arrival.
+    pub manual_acks: bool,
+    /// Requests the client handle may queue for the event loop.
+    pub request_capacity: usize,
 }
 
 /// A rustls client configuration on the ring provider, trusting `ca` or the system's CAs.
@@ -455,6 +486,16 @@ mod tests {
         broker: BrokerArgs,
     }
 
+    fn session() -> Session {
+        Session {
+            client_id: "t".into(),
+            clean: true,
+            inflight: None,
+            manual_acks: false,
+            request_capacity: 10,
+        }
+    }
+
     #[test]
     fn default_client_ids_are_unique_and_given_ones_are_kept() {
         let cli = Cli::parse_from(["x"]);
@@ -471,12 +512,16 @@ mod tests {
     fn tls_and_credentials_reach_the_mqtt_options() {
         let cli = Cli::parse_from(["x"]);
         assert!(!cli.broker.uses_tls());
-        let options = cli.broker.mqtt_options("t".into());
+        let options = cli
+            .broker
+            .options_at(&session(), &cli.broker.endpoints()[0]);
         assert!(matches!(options.transport(), Transport::Tcp));
         assert!(options.credentials().is_none());
 
         let cli = Cli::parse_from(["x", "--tls", "--username", "alice"]);
-        let options = cli.broker.mqtt_options("t".into());
+        let options = cli
+            .broker
+            .options_at(&session(), &cli.broker.endpoints()[0]);
         assert!(matches!(options.transport(), Transport::Tls(_)));
         assert_eq!(
             options.credentials().map(|login| login.username),
@@ -492,36 +537,25 @@ mod tests {
 
     #[test]
     fn refusals_say_what_to_check() {
-        let err = classify(
-            ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
-            "h:1",
-            5,
-        );
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        for (error, says) in [
+            (
+                ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
+                "check --username and the MQTT_PASSWORD",
+            ),
+            (
+                ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
+                "requires authentication",
+            ),
+            (ConnectionError::Io(emfile), "ulimit -n"),
+        ] {
+            let err = classify(error, "h:1", 5).to_string();
+            assert!(err.contains(says), "{err}");
+        }
+        let aborted = ConnectionError::MqttState(StateError::ConnectionAborted);
+        let err = classify(aborted, "h:1", 5).to_string();
         assert!(
-            err.to_string()
-                .contains("check --username and the MQTT_PASSWORD"),
-            "{err}"
-        );
-        let err = classify(
-            ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
-            "h:1",
-            5,
-        );
-        assert!(err.to_string().contains("requires authentication"), "{err}");
-        let err = classify(
-            ConnectionError::Io(std::io::Error::from_raw_os_error(libc::EMFILE)),
-            "h:1",
-            5,
-        );
-        assert!(err.to_string().contains("ulimit -n"), "{err}");
-        let err = classify(
-            ConnectionError::MqttState(StateError::ConnectionAborted),
-            "h:1",
-            5,
-        );
-        assert!(
-            err.to_string()
-                .starts_with("connection closed during handshake"),
+            err.starts_with("connection closed during handshake"),
             "{err}"
         );
     }
@@ -535,9 +569,7 @@ mod tests {
             .unwrap()
             .port();
         let cli = Cli::parse_from(["x", "--port", &port.to_string()]);
-        let (_client, mut eventloop) =
-            rumqttc::AsyncClient::new(cli.broker.mqtt_options("t".into()), 10);
-        cli.broker.configure(&mut eventloop);
+        let (_client, mut eventloop) = cli.broker.open(&session());
         let err = first_connack(&mut eventloop, &cli.broker)
             .await
             .unwrap_err();
@@ -558,9 +590,7 @@ mod tests {
         let list = format!("127.0.0.1:{a},127.0.0.1:{b}");
         let cli = Cli::parse_from(["x", "--port", "1", "--broker", &list]);
         assert_eq!(cli.broker.endpoints().len(), 2, "the list overrides --port");
-        let (_client, mut eventloop) =
-            rumqttc::AsyncClient::new(cli.broker.mqtt_options("t".into()), 10);
-        cli.broker.configure(&mut eventloop);
+        let (_client, mut eventloop) = cli.broker.open(&session());
         let err = first_connack(&mut eventloop, &cli.broker)
             .await
             .unwrap_err()
@@ -580,9 +610,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cli = Cli::parse_from(["x", "--port", &port.to_string(), "--connect-timeout", "1"]);
-        let (_client, mut eventloop) =
-            rumqttc::AsyncClient::new(cli.broker.mqtt_options("t".into()), 10);
-        cli.broker.configure(&mut eventloop);
+        let (_client, mut eventloop) = cli.broker.open(&session());
         let started = std::time::Instant::now();
         let err = first_connack(&mut eventloop, &cli.broker)
             .await

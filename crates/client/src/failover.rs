@@ -76,14 +76,16 @@ pub fn next_after<'a>(endpoints: &'a [Endpoint], current: &Endpoint) -> Option<&
     endpoints.get((at + 1) % endpoints.len())
 }
 
-/// `options` with another broker address and every setting we use kept.
+/// `options` with another broker address and every setting kept: those our clients use
+/// (all made by [`crate::connect::BrokerArgs::options_at`], see the test below) and the
+/// others rumqttc has getters for.
 pub fn retarget(options: &MqttOptions, to: &Endpoint) -> MqttOptions {
     let mut moved = MqttOptions::new(options.client_id(), to.host.clone(), to.port);
     moved
         .set_transport(options.transport())
         .set_keep_alive(options.keep_alive())
         .set_clean_session(options.clean_session())
-        // Our clients set both limits alike; rumqttc has a getter for one only.
+        // `options_at` sets both limits alike; rumqttc has a getter for one only.
         .set_max_packet_size(options.max_packet_size(), options.max_packet_size())
         .set_request_channel_capacity(options.request_channel_capacity())
         .set_pending_throttle(options.pending_throttle())
@@ -101,7 +103,6 @@ pub fn retarget(options: &MqttOptions, to: &Endpoint) -> MqttOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn endpoints_parse_and_print_back() {
@@ -135,32 +136,60 @@ mod tests {
         assert_eq!(next_after(&list, &"z:9".parse().unwrap()), Some(&list[1]));
     }
 
+    /// Every option either client sets comes from [`BrokerArgs::options_at`], from the
+    /// flags and a [`Session`]. Built with every such flag and every session field unlike
+    /// rumqttc's defaults (the struct literal makes a new field a compile error here),
+    /// the options moved to another broker must be exactly those built for it.
     #[test]
-    fn retargeting_keeps_every_setting_but_the_address() {
-        let mut options = MqttOptions::new("dev-7", "a", 1);
-        options
-            .set_keep_alive(Duration::from_secs(17))
-            .set_clean_session(false)
-            .set_credentials("alice", "secret")
-            .set_max_packet_size(4096, 4096)
-            .set_request_channel_capacity(33)
-            .set_pending_throttle(Duration::from_millis(3))
-            .set_inflight(77)
-            .set_manual_acks(true)
-            .set_last_will(rumqttc::LastWill::new(
-                "t",
-                "gone",
-                rumqttc::QoS::AtLeastOnce,
-                false,
-            ));
-        let moved = retarget(&options, &"b:2".parse().unwrap());
-        assert_eq!(moved.broker_address(), ("b".to_owned(), 2));
-        // rumqttc's Debug lists the settings; all but the address must match.
-        let without_address = |o: &MqttOptions| {
-            format!("{o:?}")
-                .replace("broker_addr: \"a\", port: 1", "")
-                .replace("broker_addr: \"b\", port: 2", "")
-        };
-        assert_eq!(without_address(&moved), without_address(&options));
+    fn retargeting_keeps_every_option_either_client_sets() {
+        use crate::connect::{BrokerArgs, Session};
+        use clap::Parser;
+        use rumqttc::{TlsConfiguration, Transport};
+
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            broker: BrokerArgs,
+        }
+        let cli = Cli::parse_from([
+            "x",
+            "--broker",
+            "a:1",
+            "--broker",
+            "b:2",
+            "--tls",
+            "--username",
+            "alice",
+        ]);
+        let [a, b]: [Endpoint; 2] = cli.broker.endpoints().try_into().unwrap();
+        for session in [
+            Session {
+                client_id: "dev-7".into(),
+                clean: false,
+                inflight: Some(77),
+                manual_acks: true,
+                request_capacity: 33,
+            },
+            Session {
+                client_id: "sub".into(),
+                clean: true,
+                inflight: None,
+                manual_acks: false,
+                request_capacity: 200,
+            },
+        ] {
+            let moved = retarget(&cli.broker.options_at(&session, &a), &b);
+            let direct = cli.broker.options_at(&session, &b);
+            assert_eq!(moved.broker_address(), ("b".to_owned(), 2));
+            assert_eq!(format!("{moved:?}"), format!("{direct:?}"), "{session:?}");
+            // rumqttc's Debug leaves the transport out.
+            match (moved.transport(), direct.transport()) {
+                (
+                    Transport::Tls(TlsConfiguration::Rustls(moved)),
+                    Transport::Tls(TlsConfiguration::Rustls(direct)),
+                ) => assert_eq!(format!("{moved:?}"), format!("{direct:?}")),
+                _ => panic!("the TLS transport was lost on the way to {b}"),
+            }
+        }
     }
 }
