@@ -92,16 +92,14 @@ impl Delivery {
     pub(crate) fn restore(saved: Saved) -> Delivery {
         let mut delivery = Delivery::new(true);
         for (filter, next) in saved.subs {
-            delivery.subscribed(&filter);
-            if let Some(sub) = delivery.subs.last_mut() {
-                sub.next = next;
-            }
+            delivery.subscribed(&filter, next);
         }
         delivery
     }
 
-    /// The router has granted `filter` (its SUBACK came).
-    pub(crate) fn subscribed(&mut self, filter: &str) {
+    /// The router has granted `filter` (its SUBACK came); its first message will be at
+    /// offset `start`, if known.
+    pub(crate) fn subscribed(&mut self, filter: &str, start: Option<u64>) {
         if self.subs.iter().any(|s| s.filter == filter) {
             return;
         }
@@ -109,7 +107,7 @@ impl Delivery {
             id: self.next_id,
             filter: filter.to_owned(),
             shared: shared_inner(filter).is_some(),
-            next: None,
+            next: start,
             moved: false,
             ambiguous: false,
             ambiguity_told: false,
@@ -246,7 +244,9 @@ impl Delivery {
 impl Saved {
     /// Each subscription and where the router resumes it (if known).
     pub(crate) fn positions(&self) -> impl Iterator<Item = (&str, Option<u64>)> {
-        self.subs.iter().map(|(filter, next)| (filter.as_str(), *next))
+        self.subs
+            .iter()
+            .map(|(filter, next)| (filter.as_str(), *next))
     }
 }
 
@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn consecutive_offsets_are_fine_and_a_jump_is_counted() {
         let mut d = Delivery::default();
-        d.subscribed("sensors/#");
+        d.subscribed("sensors/#", None);
         for offset in 0..10 {
             assert_eq!(d.forwarded(b"sensors/data", Some(offset), true), None);
         }
@@ -273,11 +273,19 @@ mod tests {
     }
 
     #[test]
+    fn a_jump_before_the_first_forward_is_counted_from_where_the_reader_started() {
+        let mut d = Delivery::new(true);
+        d.subscribed("s/#", Some(100));
+        let skipped = d.forwarded(b"s/1", Some(140), true).map(|s| s.count);
+        assert_eq!(skipped, Some(40));
+    }
+
+    #[test]
     fn ambiguous_shared_and_retained_forwards_are_not_counted() {
         let mut d = Delivery::default();
-        d.subscribed("a/#");
-        d.subscribed("a/+");
-        d.subscribed("$share/g/b/#");
+        d.subscribed("a/#", None);
+        d.subscribed("a/+", None);
+        d.subscribed("$share/g/b/#", None);
         assert_eq!(d.forwarded(b"a/x", Some(0), true), None);
         assert_eq!(d.forwarded(b"a/x", Some(50), true), None);
         assert_eq!(d.forwarded(b"b/x", Some(0), true), None);
@@ -294,7 +302,7 @@ mod tests {
     #[test]
     fn a_clean_sessions_position_is_what_was_forwarded() {
         let mut d = Delivery::new(false);
-        d.subscribed("t");
+        d.subscribed("t", None);
         d.forwarded(b"t", Some(0), true);
         d.forwarded(b"t", Some(1), true);
         assert_eq!(d.take_moved(), vec![("t".to_owned(), 2)]);
@@ -303,7 +311,7 @@ mod tests {
     #[test]
     fn a_session_resumes_at_its_first_unacknowledged_message() {
         let mut d = Delivery::new(true);
-        d.subscribed("s/#");
+        d.subscribed("s/#", None);
         for offset in 0..5 {
             d.forwarded(b"s/1", Some(offset), true);
         }
@@ -326,7 +334,7 @@ mod tests {
     #[test]
     fn the_routers_position_is_the_first_unacknowledged_message() {
         let mut d = Delivery::new(true);
-        d.subscribed("t");
+        d.subscribed("t", None);
         for offset in 0..3 {
             d.forwarded(b"t", Some(offset), true);
         }
@@ -341,7 +349,7 @@ mod tests {
     #[test]
     fn forwards_the_router_does_not_wait_for_leave_nothing_in_flight() {
         let mut d = Delivery::default();
-        d.subscribed("t");
+        d.subscribed("t", None);
         d.forwarded(b"t", Some(0), false);
         d.forwarded(b"t", Some(1), false);
         assert!(d.inflight.is_empty());

@@ -159,8 +159,8 @@ impl Flow {
 
     /// A SUBSCRIBE of `reader` to `filter` is about to go to the router. Creates the log if
     /// it is new (publishes for it wait until [`Flow::created`]); a new reader starts where
-    /// the router will start it, at the end of the log.
-    pub(crate) fn subscribe(&mut self, reader: ReaderKey, filter: &str) {
+    /// the router will start it, at the end of the log. Returns that offset.
+    pub(crate) fn subscribe(&mut self, reader: ReaderKey, filter: &str) -> u64 {
         let id = match self.by_filter.get(filter) {
             Some(&id) => id,
             None => {
@@ -191,6 +191,7 @@ impl Flow {
         entry.online += 1;
         entry.offline_since = None;
         entry.excluded = false;
+        position
     }
 
     /// The router has answered the SUBSCRIBE for `filter`: its log exists.
@@ -324,7 +325,10 @@ impl Flow {
             let max_size = self.config.max_segment_size;
             let max_count = self.config.max_segment_count;
             let log = &mut self.logs[id];
-            let rolls = log.segments.back().is_some_and(|&(_, bytes)| bytes >= max_size);
+            let rolls = log
+                .segments
+                .back()
+                .is_some_and(|&(_, bytes)| bytes >= max_size);
             if rolls {
                 if log.segments.len() >= max_count {
                     log.segments.pop_front();
@@ -435,7 +439,10 @@ impl Flow {
         };
         // The append starts a new segment and drops the oldest; everything before the
         // second oldest's start goes.
-        let kept_from = log.segments.get(1).map_or(log.appended, |&(start, _)| start);
+        let kept_from = log
+            .segments
+            .get(1)
+            .map_or(log.appended, |&(start, _)| start);
         position < kept_from
     }
 

@@ -95,35 +95,22 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
 /// that many. Clients beyond it then get CONNACK "server unavailable" instead of the broker
 /// failing to accept sockets.
 fn fit_open_file_limit(max_connections: usize) -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Some(limit) = mqtt_protocol::resources::raise_open_file_limit() else {
+        return max_connections;
     };
-    // SAFETY: getrlimit/setrlimit write/read the struct we pass; no other memory is involved.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-            }
-        }
-    }
     // Listeners, logs, the runtime's own descriptors and some slack.
-    let clients = usize::try_from(limit.rlim_cur.saturating_sub(64)).unwrap_or(usize::MAX);
+    let clients = usize::try_from(limit.saturating_sub(64)).unwrap_or(usize::MAX);
     if clients >= max_connections {
         return max_connections;
     }
     if clients < 16 {
         tracing::warn!(
-            "the open-file limit ({}) holds only {clients} clients; raise it with `ulimit -n`",
-            limit.rlim_cur
+            "the open-file limit ({limit}) holds only {clients} clients; raise it with `ulimit -n`"
         );
     } else {
         tracing::info!(
-            "accepting at most {clients} clients, which the open-file limit ({}) holds \
-             ([connections] max_connections is {max_connections}; raise `ulimit -n` for more)",
-            limit.rlim_cur
+            "accepting at most {clients} clients, which the open-file limit ({limit}) holds \
+             ([connections] max_connections is {max_connections}; raise `ulimit -n` for more)"
         );
     }
     clients.max(1)

@@ -20,16 +20,27 @@ use tracing_subscriber::registry::LookupSpan;
 /// Target of rumqttd's router.
 pub(crate) const ROUTER_TARGET: &str = "rumqttd::router::routing";
 
+/// Target of rumqttd's commit-log segments.
+pub(crate) const SEGMENTS_TARGET: &str = "rumqttd::segments";
+
 /// True for the router's per-connection events (whatever level rumqttd gave them): a
-/// connection registered or closed, a subscription added, a link that was already gone.
+/// connection registered or closed, a subscription added, a link that was already gone; and
+/// its warnings that a read cursor moved to the next segment ("jumped"), which it gives even
+/// when nothing was skipped: the broker counts what was really skipped from the offsets of
+/// what it forwards, and says so in an ERROR line.
 pub(crate) fn is_connection_noise(target: &str, message: &str) -> bool {
+    if target == SEGMENTS_TARGET {
+        return message.starts_with("given index ") && message.ends_with(", jumping to head");
+    }
     target == ROUTER_TARGET
-        && (matches!(
-            message,
-            "Connection is already disconnected"
-                | "Client connection registered"
-                | "Disconnecting connection"
-        ) || message.starts_with("Adding subscription on topic ")
+        && (message.starts_with("Read cursor start jumped")
+            || matches!(
+                message,
+                "Connection is already disconnected"
+                    | "Client connection registered"
+                    | "Disconnecting connection"
+            )
+            || message.starts_with("Adding subscription on topic ")
             || (message.starts_with("no-connection id ") && message.ends_with(" is already gone")))
 }
 
@@ -41,7 +52,7 @@ pub(crate) struct ShowNoise {
 
 impl ShowNoise {
     fn for_target(self, target: &str) -> bool {
-        target == ROUTER_TARGET && self.router
+        (target == ROUTER_TARGET || target == SEGMENTS_TARGET) && self.router
     }
 }
 
@@ -85,15 +96,21 @@ impl fmt::Write for Message {
     }
 }
 
+/// The text of an event: its `message`, or for the router's cursor warning, which has none,
+/// its `error` field.
+fn is_text(field: &Field) -> bool {
+    matches!(field.name(), "message" | "error")
+}
+
 impl Visit for Message {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
+        if is_text(field) && self.len == 0 {
             let _ = self.write_str(value);
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
+        if is_text(field) && self.len == 0 {
             let _ = write!(self, "{value:?}");
         }
     }
@@ -205,9 +222,14 @@ mod tests {
             "Client connection registered",
             "Disconnecting connection",
             "Adding subscription on topic sensors/#",
+            "Read cursor start jumped from (3, 236) to (4, 236) on loop/#",
         ] {
             assert!(is_connection_noise(ROUTER_TARGET, m), "{m}");
         }
+        assert!(is_connection_noise(
+            SEGMENTS_TARGET,
+            "given index 3 less than head 236, jumping to head"
+        ));
     }
 
     #[test]

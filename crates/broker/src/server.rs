@@ -4,6 +4,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,8 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::flow::{Change, Flow};
 use crate::hub::{Hub, Stats};
-use crate::retained::RetainedStore;
 use crate::ingest::Ingest;
+use crate::retained::RetainedStore;
 use crate::router::Router;
 use crate::sessions::Sessions;
 use crate::{listener, log};
@@ -180,10 +181,11 @@ impl RunningBroker {
         let dropped = self.hub.dropped();
         let peak_rss_mib = peak_rss_kib().map(|kib| kib / 1024);
         let held_s = (self.hub.held().as_secs_f64() * 10.0).round() / 10.0;
+        let qos0_dropped = self.hub.stats.qos0_dropped.load(Ordering::Relaxed);
         if dropped > 0 {
-            error!(dropped, held_s, peak_rss_mib, "shutting down; {dropped} messages were dropped unread by slow subscribers during this run");
+            error!(dropped, held_s, qos0_dropped, peak_rss_mib, "shutting down; {dropped} messages were dropped unread by slow subscribers during this run");
         } else {
-            info!(dropped, held_s, peak_rss_mib, "shutting down");
+            info!(dropped, held_s, qos0_dropped, peak_rss_mib, "shutting down");
         }
         Ok(())
     }

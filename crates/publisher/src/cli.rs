@@ -48,8 +48,10 @@ pub struct PublisherArgs {
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
     pub inflight: u16,
 
-    /// Give up when the broker acknowledges nothing for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Give up when the broker acknowledges nothing for this many seconds. A broker may hold
+    /// a publisher back while a subscriber catches up (ours: up to its [flow] offline_hold_s,
+    /// 30 s by default, for a subscriber that went away), so this is well above that.
+    #[arg(long, value_name = "SECS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
     pub ack_timeout: u64,
 
     /// Pace each device at MSGS_PER_S readings per second instead of as fast as the

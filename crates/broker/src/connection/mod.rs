@@ -104,10 +104,11 @@ impl std::fmt::Display for Close {
 /// SUBACK/UNSUBACK that the writer completes when the router's answer comes.
 #[derive(Debug)]
 pub(crate) enum PendingAck {
-    /// One code per filter: `Some` for the reader's refusals, `None` where the router's goes.
+    /// One code per filter: `Some` for the reader's refusals, `None` where the router's goes;
+    /// each granted filter with its QoS and, if new, the offset its reader starts at.
     Subscribe {
         codes: Vec<Option<SubscribeReasonCode>>,
-        filters: Vec<(String, u8)>,
+        filters: Vec<(String, u8, Option<u64>)>,
     },
     /// The router answers an UNSUBSCRIBE with one UNSUBACK per filter it removes.
     Unsubscribe {

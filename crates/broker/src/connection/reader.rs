@@ -292,22 +292,23 @@ impl Reader<'_, '_> {
             return self.reply(Packet::SubAck(suback, None));
         }
         self.before_barrier()?;
-        let filters = granted.iter().map(|f| (f.path.clone(), f.qos as u8)).collect();
+        let mut flow = self.conn.hub.lock_flow();
+        let mut filters = Vec::with_capacity(granted.len());
+        for filter in &granted {
+            let start = if self.subscribed.insert(filter.path.clone()) {
+                let (reader, log) = ReaderKey::of(&self.conn.router_id, &filter.path);
+                Some(flow.subscribe(reader, &log))
+            } else {
+                None
+            };
+            filters.push((filter.path.clone(), filter.qos as u8, start));
+        }
         self.conn
             .expect(subscribe.pkid, PendingAck::Subscribe { codes, filters });
-        let new: Vec<String> = granted
-            .iter()
-            .filter(|f| !self.subscribed.contains(&f.path))
-            .map(|f| f.path.clone())
-            .collect();
         subscribe.filters = granted;
         self.to_router.push(Packet::Subscribe(subscribe, None));
-        let mut flow = self.conn.hub.lock_flow();
-        for filter in new {
-            let (reader, log) = ReaderKey::of(&self.conn.router_id, &filter);
-            flow.subscribe(reader, &log);
-            self.subscribed.insert(filter);
-        }
+        // Sent while flow control is locked, so no append can come between: the router starts
+        // the new readers exactly where `subscribe` said.
         self.conn.to_router(self.to_router.drain(..))
     }
 
@@ -375,8 +376,11 @@ impl Reader<'_, '_> {
                         false
                     }
                     Admission::Park(park) => {
-                        if let Some(Change::Holding { filter, reader, lag }) =
-                            flow.park(&park, &self.conn.wake)
+                        if let Some(Change::Holding {
+                            filter,
+                            reader,
+                            lag,
+                        }) = flow.park(&park, &self.conn.wake)
                         {
                             info!(
                                 filter,

@@ -227,22 +227,28 @@ impl Writer<'_> {
         let mut granted = suback.return_codes.into_iter();
         let return_codes = codes
             .into_iter()
-            .map(|code| code.or_else(|| granted.next()).unwrap_or(SubscribeReasonCode::Failure))
+            .map(|code| {
+                code.or_else(|| granted.next())
+                    .unwrap_or(SubscribeReasonCode::Failure)
+            })
             .collect();
         let mut retained = Vec::new();
         {
             let mut flow = conn.hub.lock_flow();
-            for (filter, _) in &filters {
+            for (filter, _, _) in &filters {
                 let (_, log) = ReaderKey::of(&conn.router_id, filter);
                 flow.created(&log);
             }
         }
-        for (filter, qos) in &filters {
+        for (filter, qos, start) in &filters {
             if *qos == 2 || filter.starts_with("$share/") {
                 self.window.use_routers();
             }
-            self.delivery.subscribed(filter);
-            info!("client {:?} subscribed to {filter} (QoS {qos})", conn.client_id);
+            self.delivery.subscribed(filter, *start);
+            info!(
+                "client {:?} subscribed to {filter} (QoS {qos})",
+                conn.client_id
+            );
             for message in conn.hub.retained.matching(filter) {
                 retained.push((message, (*qos).min(2)));
             }

@@ -1,0 +1,374 @@
+//! Lossless by default: a slow subscriber slows the publishers feeding it and nothing is
+//! dropped, with the broker's memory small. Real processes on loopback; each story says what
+//! it configures, and uses the shipped defaults otherwise.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::hardening::{publish as publish_packet, WAIT};
+use support::mqtt::{Client, Options};
+use support::{num, publish, Broker, Subscriber};
+
+/// What the broker says when it stops: (its stderr, `dropped=`, `held_s=`, `peak_rss_mib=`),
+/// and the sum of its `dropped=` ERROR lines.
+struct Shutdown {
+    log: String,
+    dropped_total: u64,
+    dropped_lines: u64,
+    held_s: f64,
+    qos0_dropped: u64,
+    peak_mib: u64,
+}
+
+fn stop(mut broker: Broker) -> Shutdown {
+    broker.proc.signal(libc::SIGTERM);
+    broker.proc.wait(Duration::from_secs(15));
+    let log = broker.proc.stderr();
+    let field = |line: &str, key: &str| -> Option<String> {
+        Some(
+            line.split(key)
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .to_owned(),
+        )
+    };
+    let last = log
+        .lines()
+        .find(|l| l.contains("shutting down"))
+        .unwrap_or_else(|| panic!("no shutdown line:\n{log}"))
+        .to_owned();
+    let number = |key: &str| field(&last, key).and_then(|v| v.parse::<f64>().ok());
+    let dropped_lines = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("rumqttd dropped"))
+        .filter_map(|l| field(l, "dropped=")?.parse::<u64>().ok())
+        .sum();
+    Shutdown {
+        dropped_total: number("dropped=").unwrap_or_else(|| panic!("{last}")) as u64,
+        held_s: number("held_s=").unwrap_or_else(|| panic!("{last}")),
+        qos0_dropped: number("qos0_dropped=").unwrap_or_else(|| panic!("{last}")) as u64,
+        peak_mib: number("peak_rss_mib=").unwrap_or_else(|| panic!("{last}")) as u64,
+        dropped_lines,
+        log,
+    }
+}
+
+fn rate(report: &serde_json::Value) -> f64 {
+    report["msgs_per_s"].as_f64().unwrap_or(0.0)
+}
+
+#[test]
+fn a_slow_subscriber_slows_the_publisher_and_loses_nothing() {
+    const N: u64 = 200_000;
+    let broker = Broker::start();
+    let count = N.to_string();
+    // 20 µs per reading: at most about 50,000 readings/s, against a publisher that does
+    // several times that on its own.
+    let subscriber = Subscriber::start(
+        broker.port,
+        &["--count", &count, "--process-delay-us", "20"],
+    );
+    let (status, published, stderr) =
+        publish(broker.port, &["--count", &count], Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(num(&published, "acked"), N);
+    let (status, report) = subscriber.finish(Duration::from_secs(120));
+    assert!(status.success(), "{report}");
+    assert_eq!(num(&report, "missing"), 0, "{report}");
+    assert_eq!(num(&report, "distinct"), N, "{report}");
+    let (pub_rate, sub_rate) = (rate(&published), rate(&report));
+    let shutdown = stop(broker);
+    eprintln!(
+        "publisher {pub_rate:.0} msg/s, subscriber {sub_rate:.0} msg/s, held {} s, broker peak \
+         {} MiB",
+        shutdown.held_s, shutdown.peak_mib
+    );
+    assert_eq!(shutdown.dropped_total, 0, "{}", shutdown.log);
+    assert!(
+        shutdown.held_s > 0.0,
+        "the publisher was held: {}",
+        shutdown.log
+    );
+    assert!(
+        pub_rate < 2.0 * sub_rate,
+        "the publisher's rate fell to the subscriber's: {pub_rate:.0} vs {sub_rate:.0} msg/s"
+    );
+    assert!(shutdown
+        .log
+        .contains("flow control holds publishers to sensors/#"));
+}
+
+#[test]
+fn a_log_of_two_small_segments_still_loses_nothing() {
+    const N: u64 = 100_000;
+    let broker =
+        Broker::start_with_config("[router]\nmax_segment_size = 65536\nmax_segment_count = 2\n");
+    let count = N.to_string();
+    let subscriber = Subscriber::start(
+        broker.port,
+        &["--count", &count, "--process-delay-us", "20"],
+    );
+    let (status, _, stderr) = publish(broker.port, &["--count", &count], Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    let (status, report) = subscriber.finish(Duration::from_secs(120));
+    assert!(status.success(), "{report}");
+    assert_eq!(num(&report, "missing"), 0, "{report}");
+    assert_eq!(stop(broker).dropped_total, 0);
+}
+
+#[test]
+fn without_holding_a_slow_subscriber_loses_exactly_what_the_broker_counts() {
+    // The old behaviour, one setting away: rumqttd's roll-over decides, the broker counts.
+    const N: u64 = 200_000;
+    let broker = Broker::start_with_config(
+        "[flow]\nhold = false\n[router]\nmax_segment_size = 1048576\nmax_segment_count = 3\n",
+    );
+    let count = N.to_string();
+    // 100 µs per reading: at most 10,000 readings/s, against a publisher at 100,000+.
+    let subscriber = Subscriber::start(
+        broker.port,
+        &[
+            "--count",
+            &count,
+            "--process-delay-us",
+            "100",
+            "--idle-timeout",
+            "3",
+        ],
+    );
+    let (status, published, stderr) =
+        publish(broker.port, &["--count", &count], Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(num(&published, "acked"), N);
+    let (_, report) = subscriber.finish(Duration::from_secs(120));
+    let missing = num(&report, "missing");
+    let shutdown = stop(broker);
+    eprintln!(
+        "subscriber missing {missing}, broker reported {} dropped (total {})",
+        shutdown.dropped_lines, shutdown.dropped_total
+    );
+    assert!(
+        missing > 0,
+        "the subscriber kept up; the test proves nothing: {report}"
+    );
+    assert_eq!(shutdown.dropped_lines, missing, "{}", shutdown.log);
+    assert_eq!(shutdown.dropped_total, missing, "{}", shutdown.log);
+    assert_eq!(num(&report, "distinct") + missing, N);
+}
+
+#[test]
+fn a_fast_and_a_slow_subscriber_of_one_filter_both_get_everything() {
+    const N: u64 = 100_000;
+    let broker = Broker::start();
+    let count = N.to_string();
+    let fast = Subscriber::start(broker.port, &["--count", &count]);
+    let slow = Subscriber::start(
+        broker.port,
+        &["--count", &count, "--process-delay-us", "20"],
+    );
+    let (status, _, stderr) = publish(broker.port, &["--count", &count], Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    for subscriber in [fast, slow] {
+        let (status, report) = subscriber.finish(Duration::from_secs(120));
+        assert!(status.success(), "{report}");
+        assert_eq!(num(&report, "missing"), 0, "{report}");
+    }
+    assert_eq!(stop(broker).dropped_total, 0);
+}
+
+#[test]
+fn a_client_that_publishes_into_a_filter_it_reads_slowly_completes() {
+    // One connection, a log of two 4 KiB segments (about 60 messages each) and a window of
+    // 10 toward the client: it sends 2,000 publishes before it reads anything, so most of
+    // them are held back; it then reads its own messages, and its acknowledgements of them
+    // let the rest go.
+    const N: u16 = 2000;
+    let broker = Broker::start_with_config(
+        "[connections]\nmax_inflight_messages = 10\n\
+         [router]\nmax_segment_size = 4096\nmax_segment_count = 2\n",
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], broker.port));
+    let (mut client, _) = Client::connect(addr, &Options::new("loopback"));
+    assert_eq!(client.subscribe(&[("loop/#", 1)]), [1]);
+    let payload = [7u8; 60];
+    for pkid in 1..=N {
+        client.send(&publish_packet(b"loop/x", 1, pkid, &payload));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut received = 0;
+    while received < usize::from(N) {
+        assert!(Instant::now() < deadline, "stalled after {received} of {N}");
+        if client.next_message(WAIT).is_some() {
+            received += 1;
+        }
+    }
+    client.ping();
+    client.disconnect();
+    let shutdown = stop(broker);
+    assert_eq!(shutdown.dropped_total, 0, "{}", shutdown.log);
+    assert!(
+        shutdown
+            .log
+            .contains("flow control holds publishers to loop/#"),
+        "publishes were held: {}",
+        shutdown.log
+    );
+}
+
+#[test]
+fn a_subscriber_killed_for_3_s_holds_the_publisher_and_resumes_complete() {
+    const N: u64 = 200_000;
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("sub.state");
+    let count = N.to_string();
+    let args = [
+        "--count",
+        &count,
+        "--state",
+        state.to_str().unwrap(),
+        "--client-id",
+        "held-for-me",
+        "--idle-timeout",
+        "10",
+    ];
+    let mut first = Subscriber::start(broker.port, &args);
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || {
+        publish(port, &["--count", &N.to_string()], Duration::from_secs(120))
+    });
+    first
+        .proc
+        .wait_for_stderr("Messages received: 50000\n", Duration::from_secs(60));
+    first.proc.signal(libc::SIGKILL);
+    first.proc.wait(Duration::from_secs(10));
+    // Away for three seconds: within [flow] offline_hold_s (30), so it holds publishers.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !publisher.is_finished(),
+        "the publisher was held while the subscriber was away"
+    );
+    let second = Subscriber::start(broker.port, &args);
+    let (status, published, stderr) = publisher.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(num(&published, "acked"), N);
+    let (status, report) = second.finish(Duration::from_secs(120));
+    assert!(status.success(), "{report}");
+    assert_eq!(num(&report, "missing"), 0, "{report}");
+    let shutdown = stop(broker);
+    assert_eq!(shutdown.dropped_total, 0, "{}", shutdown.log);
+    assert!(
+        shutdown.held_s >= 2.5,
+        "held for the outage: {}",
+        shutdown.log
+    );
+}
+
+/// A persistent session (subscribes with QoS 1, then drops its connection without reading)
+/// that stays away.
+fn leave_a_persistent_session(addr: SocketAddr, id: &str, filter: &str) {
+    let (mut client, _) = Client::connect(addr, &Options::new(id).persistent());
+    assert_eq!(client.subscribe(&[(filter, 1)]), [1]);
+    client.disconnect();
+}
+
+#[test]
+fn an_offline_session_past_its_hold_loses_exactly_what_is_counted_and_the_run_goes_on() {
+    const N: u64 = 50_000;
+    let broker = Broker::start_with_config(
+        "[flow]\noffline_hold_s = 1\n[router]\nmax_segment_size = 65536\nmax_segment_count = 2\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("away.state");
+    let count = N.to_string();
+    let args = [
+        "--count",
+        &count,
+        "--state",
+        state.to_str().unwrap(),
+        "--client-id",
+        "away-too-long",
+        "--idle-timeout",
+        "3",
+    ];
+    // The session exists (subscribed) and is offline before anything is published.
+    let mut first = Subscriber::start(broker.port, &args);
+    first.proc.signal(libc::SIGKILL);
+    first.proc.wait(Duration::from_secs(10));
+    let started = Instant::now();
+    let (status, published, stderr) =
+        publish(broker.port, &["--count", &count], Duration::from_secs(120));
+    assert!(status.success(), "the run goes on: {stderr}");
+    assert_eq!(num(&published, "acked"), N);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "held for offline_hold_s first"
+    );
+    let (_, report) = Subscriber::start(broker.port, &args).finish(Duration::from_secs(120));
+    let missing = num(&report, "missing");
+    let shutdown = stop(broker);
+    eprintln!(
+        "missing {missing}, broker counted {}",
+        shutdown.dropped_total
+    );
+    assert!(
+        missing > 0,
+        "the log rolled over while it was away: {report}"
+    );
+    assert_eq!(shutdown.dropped_total, missing, "{}", shutdown.log);
+    assert!(shutdown
+        .log
+        .contains("no longer holds publishers to sensors/#"));
+}
+
+#[test]
+fn a_publisher_outlasts_the_hold_only_if_its_ack_timeout_is_longer() {
+    const N: u64 = 20_000;
+    let config =
+        "[flow]\noffline_hold_s = 4\n[router]\nmax_segment_size = 16384\nmax_segment_count = 2\n";
+    for (ack_timeout, outlasts) in [("2", false), ("8", true)] {
+        let broker = Broker::start_with_config(config);
+        let addr = SocketAddr::from(([127, 0, 0, 1], broker.port));
+        leave_a_persistent_session(addr, "held-by-an-absent-one", "sensors/#");
+        let (status, published, stderr) = publish(
+            broker.port,
+            &["--count", &N.to_string(), "--ack-timeout", ack_timeout],
+            Duration::from_secs(60),
+        );
+        if outlasts {
+            assert!(status.success(), "{stderr}");
+            assert_eq!(num(&published, "acked"), N);
+        } else {
+            // Exit 3: readings left unacknowledged.
+            assert_eq!(status.code(), Some(3), "{stderr}");
+            assert!(stderr.contains("acknowledged nothing for 2 s"), "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn qos0_publishes_beyond_the_bound_are_dropped_while_held_and_the_connection_stays() {
+    // A QoS 0 flood into a log whose reader does not read: the broker holds 1000 of them and
+    // drops the rest (QoS 0 promises nothing), and the connection keeps working.
+    let broker =
+        Broker::start_with_config("[router]\nmax_segment_size = 4096\nmax_segment_count = 2\n");
+    let addr = SocketAddr::from(([127, 0, 0, 1], broker.port));
+    let (mut reader, _) = Client::connect(addr, &Options::new("not-reading"));
+    reader.subscribe(&[("flood/#", 1)]);
+    reader.acknowledge = false;
+    let (mut flooder, _) = Client::connect(addr, &Options::new("flooder"));
+    for _ in 0..5000 {
+        flooder.send(&publish_packet(b"flood/x", 0, 0, &[1u8; 60]));
+    }
+    // PINGREQ is read and answered behind the held publishes.
+    flooder.ping();
+    drop(reader);
+    let shutdown = stop(broker);
+    eprintln!("QoS 0 dropped while held: {}", shutdown.qos0_dropped);
+    assert!(shutdown.qos0_dropped > 0, "{}", shutdown.log);
+    assert!(shutdown.qos0_dropped < 5000, "{}", shutdown.log);
+    assert_eq!(shutdown.dropped_total, 0, "{}", shutdown.log);
+}
