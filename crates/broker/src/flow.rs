@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 use rumqttd::protocol::matches;
 use tokio::sync::Notify;
 
+/// At most one "holds publishers" log line per log in this time.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
+
 /// How flow control is set up, from `[flow]` and `[router]`.
 #[derive(Debug, Clone)]
 pub(crate) struct FlowConfig {
@@ -102,6 +105,11 @@ struct Log {
     waiters: Vec<Arc<Notify>>,
     /// Since when publishers are held for it.
     holding_since: Option<Instant>,
+    /// When a holding period of it was last logged, and whether the current one was.
+    announced_at: Option<Instant>,
+    announced: bool,
+    /// Holding periods since the last one logged.
+    unannounced: u64,
 }
 
 /// Why a publish cannot be appended now.
@@ -130,6 +138,8 @@ pub(crate) enum Change {
         filter: String,
         reader: ReaderKey,
         lag: u64,
+        /// Holding periods of this log since the last one logged.
+        unannounced: u64,
     },
     Released {
         filter: String,
@@ -173,6 +183,9 @@ impl Flow {
                     readers: HashMap::new(),
                     waiters: Vec::new(),
                     holding_since: None,
+                    announced_at: None,
+                    announced: false,
+                    unannounced: 0,
                 });
                 self.by_filter.insert(filter.to_owned(), id);
                 // Cached routes may now have one more log.
@@ -342,38 +355,54 @@ impl Flow {
         }
     }
 
-    /// Registers `waiter` to be woken when `park`'s reason is gone; returns a log line's worth
-    /// if this starts a holding period.
+    /// Registers `waiter` to be woken when `park`'s reason is gone. Returns a log line's
+    /// worth if this starts a holding period and none was logged for the log in the last
+    /// [`ANNOUNCE_EVERY`].
     pub(crate) fn park(&mut self, park: &Park, waiter: &Arc<Notify>) -> Option<Change> {
         let (Park::Creating(id) | Park::Full(id)) = *park;
         let log = &mut self.logs[id];
         if !log.waiters.iter().any(|w| Arc::ptr_eq(w, waiter)) {
             log.waiters.push(Arc::clone(waiter));
         }
-        if matches!(park, Park::Full(_)) && log.holding_since.is_none() {
-            log.holding_since = Some(Instant::now());
-            let (reader, lag) = self.slowest(id)?;
-            return Some(Change::Holding {
-                filter: self.logs[id].filter.clone(),
-                reader,
-                lag,
-            });
+        if !matches!(park, Park::Full(_)) || log.holding_since.is_some() {
+            return None;
         }
-        None
+        let now = Instant::now();
+        log.holding_since = Some(now);
+        let quiet = log
+            .announced_at
+            .is_none_or(|at| now.duration_since(at) >= ANNOUNCE_EVERY);
+        if !quiet {
+            log.unannounced += 1;
+            log.announced = false;
+            return None;
+        }
+        log.announced_at = Some(now);
+        log.announced = true;
+        let unannounced = std::mem::take(&mut log.unannounced);
+        let (reader, lag) = self.slowest(id)?;
+        Some(Change::Holding {
+            filter: self.logs[id].filter.clone(),
+            reader,
+            lag,
+            unannounced,
+        })
     }
 
-    /// Logs that stopped holding since last asked, and for how long they held.
+    /// Logs that stopped holding since last asked, for those whose holding was logged, and
+    /// for how long they held.
     pub(crate) fn take_released(&mut self) -> Vec<Change> {
         let mut changes = Vec::new();
         for log in &mut self.logs {
             if let Some(since) = log.holding_since {
                 if log.waiters.is_empty() {
                     log.holding_since = None;
-                    let held = since.elapsed();
-                    changes.push(Change::Released {
-                        filter: log.filter.clone(),
-                        held,
-                    });
+                    if std::mem::take(&mut log.announced) {
+                        changes.push(Change::Released {
+                            filter: log.filter.clone(),
+                            held: since.elapsed(),
+                        });
+                    }
                 }
             }
         }
@@ -523,7 +552,8 @@ mod tests {
             Some(Change::Holding {
                 filter: "t".into(),
                 reader: client("slow"),
-                lag: 30
+                lag: 30,
+                unannounced: 0,
             })
         );
         // Reading within the oldest segment frees nothing; leaving it frees a segment.
@@ -532,6 +562,13 @@ mod tests {
         flow.advanced(&client("slow"), "t", 10);
         assert_eq!(fill(&mut flow, b"t", 10, 1000), 10);
         assert_eq!(flow.take_released().len(), 1);
+        // The next holding period within 10 s is not logged, nor its release.
+        let Admission::Park(park) = flow.admit(b"t") else {
+            panic!("full again");
+        };
+        assert_eq!(flow.park(&park, &waiter), None);
+        flow.advanced(&client("slow"), "t", 20);
+        assert!(flow.take_released().is_empty());
     }
 
     #[test]

@@ -380,11 +380,13 @@ impl Reader<'_, '_> {
                             filter,
                             reader,
                             lag,
+                            unannounced,
                         }) = flow.park(&park, &self.conn.wake)
                         {
                             info!(
                                 filter,
                                 lag,
+                                unannounced,
                                 "flow control holds publishers to {filter}: its slowest \
                                  subscriber ({reader}) is {lag} messages behind"
                             );
