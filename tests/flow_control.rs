@@ -96,6 +96,12 @@ fn a_slow_subscriber_slows_the_publisher_and_loses_nothing() {
         pub_rate < 2.0 * sub_rate,
         "the publisher's rate fell to the subscriber's: {pub_rate:.0} vs {sub_rate:.0} msg/s"
     );
+    let window_full = published["window_full_s"].as_f64().unwrap_or(0.0);
+    let elapsed = published["elapsed_s"].as_f64().unwrap_or(0.0);
+    assert!(
+        window_full > elapsed / 2.0,
+        "the publisher spent most of its run waiting: {published}"
+    );
     assert!(shutdown
         .log
         .contains("flow control holds publishers to sensors/#"));

@@ -42,6 +42,10 @@ pub struct PublishReport {
     pub elapsed_s: f64,
     /// `published / elapsed_s`.
     pub msgs_per_s: f64,
+    /// Seconds the in-flight window was full (every reading it may have unacknowledged was
+    /// out), summed over devices: time the broker held the publisher back.
+    #[serde(default)]
+    pub window_full_s: f64,
     /// Every reading published and, at QoS 1 and 2, acknowledged.
     pub complete: bool,
     /// Stopped early by SIGINT or SIGTERM.
@@ -163,6 +167,13 @@ impl fmt::Display for PublishReport {
                 f,
                 "; {} reconnects, {} unacknowledged readings sent again",
                 self.reconnects, self.republished
+            )?;
+        }
+        if self.window_full_s >= 0.05 {
+            write!(
+                f,
+                "; in-flight window full for {:.1} s",
+                self.window_full_s
             )?;
         }
         if self.interrupted {

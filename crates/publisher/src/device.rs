@@ -114,6 +114,45 @@ pub struct Outcome {
     pub interrupted: bool,
     /// Why the connection was given up, if it was.
     pub lost: Option<String>,
+    /// How long the in-flight window was full.
+    pub window: WindowClock,
+}
+
+/// Times the in-flight window's full stretches: the clock is read only when the window fills
+/// or frees a slot, never per reading otherwise.
+#[derive(Debug)]
+pub struct WindowClock {
+    limit: u64,
+    full_since: Option<std::time::Instant>,
+    pub full: Duration,
+}
+
+impl WindowClock {
+    fn new(limit: u16) -> WindowClock {
+        WindowClock {
+            limit: u64::from(limit),
+            full_since: None,
+            full: Duration::ZERO,
+        }
+    }
+
+    /// `in_flight` readings await their acknowledgement now.
+    fn update(&mut self, in_flight: u64) {
+        let full = in_flight >= self.limit;
+        match (full, self.full_since) {
+            (true, None) => self.full_since = Some(std::time::Instant::now()),
+            (false, Some(since)) => {
+                self.full += since.elapsed();
+                self.full_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The total, counting a stretch still going on.
+    pub fn total(&self) -> Duration {
+        self.full + self.full_since.map_or(Duration::ZERO, |since| since.elapsed())
+    }
 }
 
 /// Publishes according to `plan` and counts what the broker acknowledged.
@@ -151,6 +190,7 @@ pub async fn run(
         reconnects: 0,
         interrupted: false,
         lost: None,
+        window: WindowClock::new(args.inflight),
     };
     // Outgoing publishes still to come that are resends of unacknowledged readings.
     let mut resends_due: u64 = 0;
@@ -275,6 +315,10 @@ fn tally(
         Event::Incoming(Incoming::PubAck(_)) if qos == 1 => outcome.acked += 1,
         Event::Incoming(Incoming::PubComp(_)) if qos == 2 => outcome.acked += 1,
         _ => return false,
+    }
+    if qos > 0 {
+        let in_flight = outcome.published.saturating_sub(outcome.acked);
+        outcome.window.update(in_flight);
     }
     true
 }

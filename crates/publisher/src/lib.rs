@@ -98,6 +98,7 @@ pub async fn run(
         reconnects: 0,
         elapsed_s: 0.0,
         msgs_per_s: 0.0,
+        window_full_s: 0.0,
         complete: false,
         interrupted: false,
         peak_rss_kib: None,
@@ -154,6 +155,7 @@ pub async fn run(
         report.acked += outcome.acked;
         report.republished += outcome.republished;
         report.reconnects += outcome.reconnects;
+        report.window_full_s += outcome.window.total().as_secs_f64();
         report.interrupted |= outcome.interrupted;
         if lost.is_none() {
             lost = outcome.lost;
