@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use mqtt_protocol::report::BaselineReport as Report;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
-use serde::Serialize;
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -62,18 +62,6 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         idle_timeout: u64,
     },
-}
-
-/// What a client reports.
-#[derive(Debug, Serialize)]
-struct Report {
-    kind: &'static str,
-    count: u64,
-    /// Messages acknowledged (publisher) or received (subscriber).
-    done: u64,
-    elapsed_s: f64,
-    msgs_per_s: f64,
-    complete: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -207,7 +195,7 @@ async fn publish(
     let client = producer.await??;
     let _ = client.disconnect().await;
     Ok(Report {
-        kind: "baseline-publisher",
+        kind: "baseline-publisher".to_owned(),
         count,
         done: acked,
         elapsed_s: elapsed,
@@ -246,7 +234,7 @@ async fn subscribe(port: u16, count: u64, topic: String, idle: Duration) -> anyh
     }
     let elapsed = first.map_or(0.0, |s| s.elapsed().as_secs_f64());
     Ok(Report {
-        kind: "baseline-subscriber",
+        kind: "baseline-subscriber".to_owned(),
         count,
         done: received,
         elapsed_s: elapsed,

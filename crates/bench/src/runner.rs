@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use mqtt_harness::nats::{Cluster, Ports};
 use mqtt_harness::process::{free_port, tail, Exit, Proc};
-use mqtt_protocol::report::{PublishReport, VerifyReport};
+use mqtt_protocol::report::{BaselineReport, PublishReport, VerifyReport};
 use mqtt_protocol::timing::LatencySummary;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -101,6 +101,7 @@ impl Scenario {
         }
         let (mut broker, port) = match self.broker {
             BrokerKind::Ours => start_our_broker(&self.bin_dir, dir)?,
+            BrokerKind::Rumqttd => start_rumqttd(&self.bin_dir, dir)?,
             BrokerKind::Mosquitto => start_mosquitto(peers, dir)?,
             BrokerKind::NatsCluster => unreachable!("handled above"),
         };
@@ -109,6 +110,7 @@ impl Scenario {
                 self.run_ours(publisher_args, port, port, dir, timeout)
             }
             Clients::Seed => self.run_seed(peers, &mut broker, port, dir, timeout),
+            Clients::Plain { inflight } => self.run_plain(*inflight, port, dir, timeout),
         };
         let broker = broker.terminate(Duration::from_secs(5));
         result.map(|m| Measurement {
@@ -205,6 +207,60 @@ impl Scenario {
         })
     }
 
+    /// `mqtt-baseline subscribe`, then `mqtt-baseline publish`: rumqttc and a count.
+    fn run_plain(
+        &self,
+        inflight: u16,
+        port: u16,
+        dir: &Path,
+        timeout: Duration,
+    ) -> Result<Measurement> {
+        let baseline = self.bin_dir.join("mqtt-baseline");
+        let (port, n) = (port.to_string(), self.messages.to_string());
+        let mut sub = spawn(
+            "plain-subscriber",
+            &baseline,
+            &strings(&["subscribe", "--port", &port, "--count", &n]),
+            dir,
+        )?;
+        sub.wait_until("subscription", Duration::from_secs(20), |p| {
+            p.stderr().contains("subscribed")
+        })?;
+        let started = Instant::now();
+        let mut publisher = spawn(
+            "plain-publisher",
+            &baseline,
+            &strings(&[
+                "publish",
+                "--port",
+                &port,
+                "--count",
+                &n,
+                "--inflight",
+                &inflight.to_string(),
+            ]),
+            dir,
+        )?;
+        let sub_exit = sub.wait(timeout)?;
+        let pub_exit = publisher.wait(Duration::from_secs(30))?;
+        let wall_s = sub_exit.at.duration_since(started).as_secs_f64();
+        let received: BaselineReport = parse_stdout(&sub)?;
+        let published: BaselineReport = parse_stdout(&publisher)?;
+        Ok(Measurement {
+            wall_s,
+            msgs_per_s: self.messages as f64 / wall_s,
+            complete: success(&sub_exit) && success(&pub_exit) && received.complete,
+            publisher_cpu_s: pub_exit.cpu_s,
+            subscriber_cpu_s: sub_exit.cpu_s,
+            publisher_rss_kib: pub_exit.peak_rss_kib,
+            subscriber_rss_kib: sub_exit.peak_rss_kib,
+            publisher_msgs_per_s: Some(published.msgs_per_s),
+            subscriber_msgs_per_s: Some(received.msgs_per_s),
+            latency_us: None,
+            ..Measurement::default()
+        })
+    }
+
     fn run_seed(
         &self,
         peers: &Peers,
@@ -293,6 +349,22 @@ fn start_our_broker(bin_dir: &Path, dir: &Path) -> Result<(Proc, u16)> {
     Ok((broker, port))
 }
 
+/// rumqttd's own broker (`mqtt-baseline broker`), which prints `listening on ADDR`.
+fn start_rumqttd(bin_dir: &Path, dir: &Path) -> Result<(Proc, u16)> {
+    let mut broker = spawn(
+        "rumqttd",
+        &bin_dir.join("mqtt-baseline"),
+        &strings(&["broker", "--listen", "127.0.0.1:0"]),
+        dir,
+    )?;
+    let line = broker.first_stdout_line(Duration::from_secs(20))?;
+    let port = line
+        .strip_prefix("listening on ")
+        .and_then(|addr| addr.trim().rsplit(':').next()?.parse().ok())
+        .with_context(|| format!("no port in rumqttd's line {line:?}"))?;
+    Ok((broker, port))
+}
+
 fn start_mosquitto(peers: &Peers, dir: &Path) -> Result<(Proc, u16)> {
     let Some(mosquitto) = &peers.mosquitto else {
         bail!("mosquitto not found");
@@ -336,6 +408,19 @@ fn read_report<T: DeserializeOwned>(path: &Path, proc: &Proc) -> Result<T> {
             "{}'s report {} is not what this bench reads",
             proc.name,
             path.display()
+        )
+    })
+}
+
+/// A plain client's one-line JSON report on stdout.
+fn parse_stdout<T: DeserializeOwned>(proc: &Proc) -> Result<T> {
+    let out = proc.stdout();
+    let line = out.lines().last().unwrap_or("");
+    serde_json::from_str(line).with_context(|| {
+        format!(
+            "{} printed no report; stderr:\n{}",
+            proc.name,
+            tail(&proc.stderr())
         )
     })
 }

@@ -8,8 +8,11 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BrokerKind {
-    /// Our `mqtt-broker` (rumqttd embedded).
+    /// Our `mqtt-broker` (rumqttd's router behind our network layer).
     Ours,
+    /// rumqttd 0.20's own broker, network layer and all (`mqtt-baseline broker`), with the
+    /// router settings of our defaults' time: the stack ours wraps, as it comes.
+    Rumqttd,
     /// Mosquitto from the system, with a temporary configuration of ours.
     Mosquitto,
     /// Three NATS Server nodes from config/nats; publisher on node 1, subscriber (with a
@@ -26,6 +29,9 @@ pub enum Clients {
     Ours { publisher_args: Vec<String> },
     /// The original demo's Python paho-mqtt scripts (`seed_pub.py`, `seed_sub.py`).
     Seed,
+    /// Plain rumqttc clients that publish and count fixed-size messages and verify nothing
+    /// else (`mqtt-baseline publish/subscribe`), with this in-flight window.
+    Plain { inflight: u16 },
 }
 
 /// One row: the same work run `repeat` times.
@@ -111,6 +117,28 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
         ours(&["--payload-size", "100"], count(nats_n)),
         nats_n,
     ));
+    // The network layer: ours against rumqttd's own, each with our verifying clients and
+    // with plain rumqttc clients, 61-byte readings as in the demo.
+    for (name, broker, clients) in [
+        ("ours, 61 B readings", BrokerKind::Ours, ours(&[], count(n))),
+        (
+            "rumqttd's own broker + plain rumqttc clients (in-flight 500)",
+            BrokerKind::Rumqttd,
+            Clients::Plain { inflight: 500 },
+        ),
+        (
+            "rumqttd's own broker + our clients",
+            BrokerKind::Rumqttd,
+            ours(&[], count(n)),
+        ),
+        (
+            "our broker + plain rumqttc clients (in-flight 500)",
+            BrokerKind::Ours,
+            Clients::Plain { inflight: 500 },
+        ),
+    ] {
+        rows.push(row("network", name.into(), broker, clients, n));
+    }
     let seed_n = if plan.quick { 2_000 } else { 50_000 }.min(n);
     rows.push(row(
         "pipeline",

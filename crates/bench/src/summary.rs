@@ -210,6 +210,30 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
             });
         }
     }
+    for (a, b, label) in [
+        (
+            "ours, 61 B readings",
+            "rumqttd's own broker + plain",
+            "ours (verified, 61 B) / rumqttd's own broker + plain rumqttc clients (msg/s)",
+        ),
+        (
+            "our broker + plain",
+            "rumqttd's own broker + plain",
+            "our broker / rumqttd's own broker, both with plain rumqttc clients (msg/s)",
+        ),
+        (
+            "ours, 61 B readings",
+            "rumqttd's own broker + our clients",
+            "our broker / rumqttd's own broker, both with our clients (msg/s)",
+        ),
+    ] {
+        if let (Some(a), Some(b)) = (rate(a), rate(b)) {
+            out.push(Ratio {
+                what: label.into(),
+                ratio: a / b,
+            });
+        }
+    }
     let linear: Vec<&Row> = rows
         .iter()
         .filter(|r| r.scenario.group == "linearity" && r.median.is_some())

@@ -54,6 +54,23 @@ pub struct PublishReport {
     pub peak_rss_kib: Option<u64>,
 }
 
+/// What one of `mqtt-baseline`'s plain clients did: the reference the pipeline is measured
+/// against (rumqttc clients that publish and count fixed-size messages, and verify nothing
+/// else).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineReport {
+    /// `"baseline-publisher"` or `"baseline-subscriber"`.
+    pub kind: String,
+    /// Messages asked for.
+    pub count: u64,
+    /// Messages acknowledged (publisher) or received (subscriber).
+    pub done: u64,
+    /// From the CONNACK (publisher) or the first message (subscriber) to the last.
+    pub elapsed_s: f64,
+    pub msgs_per_s: f64,
+    pub complete: bool,
+}
+
 /// What the subscriber saw, with the verifier's verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerifyReport {
@@ -170,11 +187,7 @@ impl fmt::Display for PublishReport {
             )?;
         }
         if self.window_full_s >= 0.05 {
-            write!(
-                f,
-                "; in-flight window full for {:.1} s",
-                self.window_full_s
-            )?;
+            write!(f, "; in-flight window full for {:.1} s", self.window_full_s)?;
         }
         if self.interrupted {
             write!(f, " (interrupted)")?;

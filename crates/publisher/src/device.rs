@@ -151,7 +151,10 @@ impl WindowClock {
 
     /// The total, counting a stretch still going on.
     pub fn total(&self) -> Duration {
-        self.full + self.full_since.map_or(Duration::ZERO, |since| since.elapsed())
+        self.full
+            + self
+                .full_since
+                .map_or(Duration::ZERO, |since| since.elapsed())
     }
 }
 

@@ -81,8 +81,6 @@ struct Reader<'c, 'h> {
     qos2: HashSet<u16>,
     /// Filters the client is subscribed to, as far as the router will have been told.
     subscribed: HashSet<String>,
-    /// The topic of the last publish, shared by the messages that repeat it.
-    last_topic: Bytes,
 }
 
 /// Reads until the connection ends; returns why it ended.
@@ -105,7 +103,6 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
         window_acks: Vec::new(),
         qos2: HashSet::new(),
         subscribed,
-        last_topic: Bytes::new(),
     };
     let keep_alive = conn.keep_alive_timeout();
     let close = loop {
@@ -240,13 +237,14 @@ impl Reader<'_, '_> {
             fields.qos < 2 || self.qos2.insert(fields.pkid)
         };
         let message = deliver.then(|| {
-            if self.last_topic[..] != *topic {
-                self.last_topic = Bytes::copy_from_slice(topic);
-            }
+            // One copy of topic and payload together: a stored message must not pin the
+            // whole read buffer, and messages must not share a reference count either (the
+            // router's thread and ours would fight over its cache line).
+            let whole = Bytes::copy_from_slice(&frame[fields.topic.start..]);
+            let payload_at = fields.payload.start - fields.topic.start;
             Message {
-                topic: self.last_topic.clone(),
-                // A copy: a stored message must not pin the whole read buffer.
-                payload: Bytes::copy_from_slice(&frame[fields.payload]),
+                topic: whole.slice(..topic.len()),
+                payload: whole.slice(payload_at..),
             }
         });
         let accepted = Accepted {
