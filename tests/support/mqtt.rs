@@ -17,6 +17,8 @@ pub struct Options {
     pub keep_alive: u16,
     /// Topic, message, QoS, retain.
     pub will: Option<(String, Vec<u8>, u8, bool)>,
+    /// User name and password.
+    pub login: Option<(String, String)>,
 }
 
 impl Options {
@@ -27,7 +29,13 @@ impl Options {
             clean_session: true,
             keep_alive: 0,
             will: None,
+            login: None,
         }
+    }
+
+    pub fn login(mut self, user: &str, password: &str) -> Options {
+        self.login = Some((user.to_owned(), password.to_owned()));
+        self
     }
 
     pub fn persistent(mut self) -> Options {
@@ -55,6 +63,11 @@ impl Options {
             flags |= 0x04 | (qos << 3) | if *retain { 0x20 } else { 0 };
             rest.extend(field(topic.as_bytes()));
             rest.extend(field(message));
+        }
+        if let Some((user, password)) = &self.login {
+            flags |= 0xC0;
+            rest.extend(field(user.as_bytes()));
+            rest.extend(field(password.as_bytes()));
         }
         connect_with(4, flags, self.keep_alive, self.id.as_bytes(), &rest)
     }

@@ -44,8 +44,13 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "MQTT_BROKER_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
 
-    /// Check the configuration (and the TLS and password files it names), print the addresses
-    /// the broker would listen on, and exit.
+    /// Allow each client only what this ACL file (Mosquitto's `acl_file` syntax) grants it:
+    /// which topics it may publish to, subscribe to and receive.
+    #[arg(long, value_name = "FILE", env = "MQTT_BROKER_ACL_FILE")]
+    pub acl_file: Option<PathBuf>,
+
+    /// Check the configuration (and the TLS, password and ACL files it names), print the
+    /// addresses the broker would listen on, and exit.
     #[arg(long)]
     pub check_config: bool,
 

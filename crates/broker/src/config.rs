@@ -109,12 +109,14 @@ pub struct TlsConfig {
     pub handshake_timeout_ms: u64,
 }
 
-/// `[auth]`: who may connect.
+/// `[auth]`: who may connect, and what each may do.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Password file (`mqtt-broker passwd`); when set, every client must authenticate.
     pub password_file: Option<PathBuf>,
+    /// ACL file (Mosquitto's `acl_file` syntax); when set, what no rule allows is denied.
+    pub acl_file: Option<PathBuf>,
 }
 
 /// `[router]`: the size of rumqttd's in-memory commit logs and its delivery batches.

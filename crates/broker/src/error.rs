@@ -5,6 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 
+use crate::acl::AclError;
 use crate::auth::AuthError;
 use crate::config::InvalidSetting;
 use crate::tls::TlsError;
@@ -15,6 +16,8 @@ pub enum BrokerError {
     Config(InvalidSetting),
     #[error("{0}")]
     Auth(AuthError),
+    #[error("{0}")]
+    Acl(AclError),
     #[error("{0}")]
     Tls(TlsError),
     #[error(

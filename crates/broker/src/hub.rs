@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::acl::Acl;
 use crate::auth::Users;
 use crate::flow::Flow;
 use crate::ingest::Ingest;
@@ -44,6 +45,10 @@ pub(crate) struct Stats {
     pub dropped: AtomicU64,
     /// PUBLISH packets to `$` topics, acknowledged and delivered to no one.
     pub reserved_topic: AtomicU64,
+    /// PUBLISH packets the ACL denied, acknowledged and delivered to no one.
+    pub denied_publish: AtomicU64,
+    /// Forwarded messages withheld from a subscriber its ACL does not let read them.
+    pub denied_read: AtomicU64,
     /// Publishes no subscription matched (MQTT delivers them to no one).
     pub no_subscriber: AtomicU64,
     /// QoS 0 publishes dropped while flow control held their publisher.
@@ -86,6 +91,7 @@ pub(crate) struct Hub {
     pub limits: Limits,
     pub flow_limits: FlowLimits,
     pub users: Option<Arc<Users>>,
+    pub acl: Option<Arc<Acl>>,
     pub router: Router,
     pub ingest: Ingest,
     /// The mirror of the router's logs and their readers (see `flow`). Appends to it and to

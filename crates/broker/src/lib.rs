@@ -7,6 +7,7 @@
 //!
 //! The binary is `config::BrokerConfig::load` → `logging::init` → [`run`].
 
+pub mod acl;
 pub mod auth;
 pub mod config;
 mod connection;

@@ -54,12 +54,18 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
     if let Some(file) = cli.password_file {
         config.auth.password_file = Some(file);
     }
+    if let Some(file) = cli.acl_file {
+        config.auth.acl_file = Some(file);
+    }
     config
         .validate()
         .map_err(|setting| anyhow::anyhow!("{source}: {setting}"))?;
     if cli.check_config {
         if let Some(file) = &config.auth.password_file {
             mqtt_broker::auth::Users::load(file)?;
+        }
+        if let Some(file) = &config.auth.acl_file {
+            mqtt_broker::acl::Acl::load(file)?;
         }
         if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
             mqtt_broker::tls::acceptor(cert, key)?;

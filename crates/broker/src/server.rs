@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use mqtt_protocol::resources::peak_rss_kib;
 
+use crate::acl::Acl;
 use crate::auth::Users;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
@@ -63,6 +64,14 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         }
         None => None,
     };
+    let acl = match &config.auth.acl_file {
+        Some(path) => {
+            let acl = Acl::load(path).map_err(BrokerError::Acl)?;
+            info!(file = %path.display(), "access control: {acl}");
+            Some(Arc::new(acl))
+        }
+        None => None,
+    };
     let acceptor = match (
         &config.tls.address,
         &config.tls.cert_file,
@@ -103,6 +112,7 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         limits: config.limits(),
         flow_limits: config.flow_limits(),
         users,
+        acl,
         router,
         ingest,
         flow: Mutex::new(Flow::new(config.flow_config())),

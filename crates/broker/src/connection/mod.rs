@@ -10,6 +10,7 @@
 mod handshake;
 mod reader;
 mod window;
+mod withheld;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
+use crate::acl::ClientAcl;
 use crate::delivery::Delivery;
 use crate::flow::{Admission, ReaderKey};
 use crate::hub::{Hub, Slot};
@@ -36,6 +38,7 @@ use crate::router::LinkRequest;
 use crate::sessions;
 use rumqttd::local::LinkTx;
 use window::Window;
+use withheld::Withheld;
 
 pub(crate) use handshake::Will;
 
@@ -157,6 +160,10 @@ pub(crate) struct Conn<'h> {
     /// Wakes the reader when publishes it holds may go (a SUBSCRIBE answered, flow control
     /// released).
     wake: Arc<Notify>,
+    /// What the ACL lets this client do, if an ACL is configured.
+    acl: Option<ClientAcl>,
+    /// With an ACL: acknowledgements the router needs for messages withheld from the client.
+    withheld: Option<Mutex<Withheld>>,
 }
 
 impl Conn<'_> {
@@ -179,7 +186,36 @@ impl Conn<'_> {
             // ever published on one here.
             return Some("this broker has no $ topics");
         }
+        if self
+            .acl
+            .as_ref()
+            .is_some_and(|acl| !acl.can_subscribe(filter))
+        {
+            return Some("not allowed by the ACL");
+        }
         None
+    }
+
+    /// Whether the ACL lets this client publish to `topic` (no ACL: yes).
+    fn may_write(&self, topic: &[u8]) -> bool {
+        match &self.acl {
+            None => true,
+            Some(acl) => std::str::from_utf8(topic).is_ok_and(|t| acl.can_write(t)),
+        }
+    }
+
+    /// Whether the ACL lets this client receive a message on `topic` (no ACL: yes).
+    fn may_read(&self, topic: &[u8]) -> bool {
+        match &self.acl {
+            None => true,
+            Some(acl) => std::str::from_utf8(topic).is_ok_and(|t| acl.can_read(t)),
+        }
+    }
+
+    fn lock_withheld(&self) -> Option<std::sync::MutexGuard<'_, Withheld>> {
+        self.withheld
+            .as_ref()
+            .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The router answered a SUBSCRIBE/UNSUBSCRIBE.
@@ -293,7 +329,7 @@ where
     let conn = Conn {
         hub,
         link: Mutex::new(link.tx),
-        client_id: accepted.client_id,
+        client_id: accepted.client_id.clone(),
         router_id: router_id.clone(),
         peer,
         persistent: !accepted.clean_session,
@@ -302,6 +338,11 @@ where
         barrier: Barrier::default(),
         expected: Mutex::new(HashMap::new()),
         wake: Arc::new(Notify::new()),
+        acl: hub
+            .acl
+            .as_ref()
+            .map(|acl| acl.for_client(accepted.username.as_deref(), &accepted.client_id)),
+        withheld: hub.acl.as_ref().map(|_| Mutex::new(Withheld::default())),
     };
     if let Some(saved) = &saved {
         let mut flow = hub.lock_flow();
@@ -363,7 +404,11 @@ where
     drop(claim);
     if close.fires_will() {
         if let Some(will) = accepted.will {
-            fire_will(hub, will).await;
+            if conn.may_write(&will.topic) {
+                fire_will(hub, will).await;
+            } else {
+                hub.stats.denied_publish.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

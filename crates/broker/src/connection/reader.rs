@@ -195,10 +195,32 @@ impl Reader<'_, '_> {
             }
             4 | 5 => {
                 // The client acknowledges a QoS 1/2 message the router forwarded.
+                let pkid = pkid();
                 self.conn.acked.fetch_add(1, Ordering::Relaxed);
-                self.to_router.push(decode(frame)?);
+                let packet = decode(frame)?;
+                match self.conn.lock_withheld() {
+                    // With an ACL, acknowledgements of withheld messages go in between, in
+                    // order: this one goes to the router now, under the lock.
+                    Some(mut withheld) => {
+                        let acks = withheld.client_acked(pkid, packet);
+                        let ours = acks.len() as u64 - 1;
+                        self.conn.acked.fetch_add(ours, Ordering::Relaxed);
+                        self.conn.to_router(self.to_router.drain(..).chain(acks))?;
+                    }
+                    None => self.to_router.push(packet),
+                }
             }
-            7 => self.to_router.push(decode(frame)?),
+            7 => {
+                let pkid = pkid();
+                let packet = decode(frame)?;
+                match self.conn.lock_withheld() {
+                    Some(mut withheld) => {
+                        let acks = withheld.client_completed(pkid, packet);
+                        self.conn.to_router(self.to_router.drain(..).chain(acks))?;
+                    }
+                    None => self.to_router.push(packet),
+                }
+            }
             6 => {
                 let pkid = pkid();
                 self.qos2.remove(&pkid);
@@ -231,6 +253,10 @@ impl Reader<'_, '_> {
         let topic = &frame[fields.topic.clone()];
         let deliver = if packet::is_reserved_topic(topic) {
             stats.reserved_topic.fetch_add(1, Ordering::Relaxed);
+            false
+        } else if !self.conn.may_write(topic) {
+            // As Mosquitto does: acknowledged, delivered to no one.
+            stats.denied_publish.fetch_add(1, Ordering::Relaxed);
             false
         } else {
             // A QoS 2 resend of a message not yet released was delivered already.

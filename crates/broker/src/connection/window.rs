@@ -134,10 +134,22 @@ impl Window {
         }
     }
 
+    /// A forward under the broker's window that the client does not get (its ACL): the
+    /// router is acknowledged as if it had gone out.
+    pub(super) fn acknowledge_router(&mut self, router_pkid: u16) {
+        self.router_acks.push(router_pkid);
+    }
+
     /// Router packet ids to acknowledge now.
     pub(super) fn take_router_acks(&mut self) -> Vec<u16> {
         std::mem::take(&mut self.router_acks)
     }
+}
+
+/// The packet id of the QoS 1/2 PUBLISH at the start of `frame`; `None` at QoS 0.
+pub(super) fn pkid_of(frame: &[u8]) -> Option<u16> {
+    let at = pkid_offset(frame)?;
+    Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]))
 }
 
 /// Where the packet id of the QoS 1/2 PUBLISH at the start of `frame` is; `None` at QoS 0.

@@ -20,7 +20,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use super::window::{Mode, Window};
+use super::window::{self, Mode, Window};
 use super::{Close, Conn, Outbound, PendingAck};
 use crate::delivery::Delivery;
 use crate::flow::ReaderKey;
@@ -140,6 +140,17 @@ impl Writer<'_> {
                 self.send_retained(retained)?;
                 return Ok(false);
             }
+            Packet::PubRel(pubrel, props) => {
+                let swallowed = conn
+                    .lock_withheld()
+                    .and_then(|mut withheld| withheld.router_released(pubrel.pkid));
+                if let Some(acks) = swallowed {
+                    // The release of a message withheld from the client: completed by us.
+                    conn.to_router(acks)?;
+                    return Ok(false);
+                }
+                Packet::PubRel(pubrel, props)
+            }
             Packet::UnsubAck(unsuback, props) => {
                 if !self.complete_unsuback(conn, unsuback.pkid) {
                     return Ok(false);
@@ -192,8 +203,32 @@ impl Writer<'_> {
         // QoS 2 keeps the router's exchange (a QoS 2 subscription turns our window off before
         // its first message comes).
         let mode = if qos == 2 { Mode::Router } else { mode };
-        if mode == Mode::Broker {
+        let readable = conn.may_read(&topic);
+        if !readable {
+            // The ACL does not let this client read it: it never sees it, and the router
+            // gets its acknowledgement from us, in its place.
+            conn.hub.stats.denied_read.fetch_add(1, Ordering::Relaxed);
+            let router_pkid = window::pkid_of(&self.buf[start..]);
+            self.buf.truncate(start);
+            if let Some(pkid) = router_pkid {
+                match mode {
+                    Mode::Broker => self.window.acknowledge_router(pkid),
+                    Mode::Router => {
+                        if let Some(mut withheld) = conn.lock_withheld() {
+                            let acks = withheld.forwarded(pkid, qos, true);
+                            conn.acked.fetch_add(acks.len() as u64, Ordering::Relaxed);
+                            conn.to_router(acks)?;
+                        }
+                    }
+                }
+            }
+        } else if mode == Mode::Broker {
             self.window.sent(&mut self.buf, start);
+        } else if let (Some(pkid), Some(mut withheld)) =
+            (window::pkid_of(&self.buf[start..]), conn.lock_withheld())
+        {
+            // Tracked, so that acknowledgements of withheld ones find their place.
+            withheld.forwarded(pkid, qos, false);
         }
         let awaits_router_ack = qos > 0 && mode == Mode::Router;
         if let Some(skipped) = self.delivery.forwarded(&topic, offset, awaits_router_ack) {
@@ -250,7 +285,9 @@ impl Writer<'_> {
                 conn.client_id
             );
             for message in conn.hub.retained.matching(filter) {
-                retained.push((message, (*qos).min(2)));
+                if conn.may_read(&message.topic) {
+                    retained.push((message, (*qos).min(2)));
+                }
             }
         }
         conn.lower_barrier();
