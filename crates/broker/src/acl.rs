@@ -326,7 +326,10 @@ pattern write sensors/data/%c
             !d1.can_read("sensors/x"),
             "user rules replace the anonymous ones"
         );
-        assert!(d1.can_subscribe("#"), "some of it is readable: checked per message");
+        assert!(
+            d1.can_subscribe("#"),
+            "some of it is readable: checked per message"
+        );
         assert!(!d1.can_subscribe("sensors/#"));
 
         let reader = acl.for_client(Some("reader"), "r");
