@@ -38,6 +38,25 @@ fn bin_dir() -> &'static Path {
             .arg("--target-dir")
             .arg(target)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Cargo gives a test the package's `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`...; build
+        // scripts that watch those (ring's does) would see them change and rebuild half the
+        // tree, and the next `cargo test` would rebuild it back. Build as a shell would.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|prefix| key.starts_with(prefix))
+                || key == "CARGO_PRIMARY_PACKAGE"
+                || key == "CARGO_TARGET_TMPDIR"
+            {
+                build.env_remove(&*key);
+            }
+        }
         if profile == "release" {
             build.arg("--release");
         }

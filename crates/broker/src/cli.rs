@@ -49,6 +49,10 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "MQTT_BROKER_ACL_FILE")]
     pub acl_file: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT", env = "MQTT_BROKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Check the configuration (and the TLS, password and ACL files it names), print the
     /// addresses the broker would listen on, and exit.
     #[arg(long)]

@@ -37,6 +37,15 @@ pub struct BrokerConfig {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub flow: FlowSettings,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: Prometheus metrics over HTTP, off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// IP:PORT serving `/metrics`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[flow]`: how slow subscribers slow publishers down instead of losing messages.
@@ -382,6 +391,15 @@ impl BrokerConfig {
                 value: value.to_string(),
                 problem,
             });
+        }
+        if let Some(listen) = self.metrics.listen {
+            if listen.port() == 0 {
+                return Err(InvalidSetting {
+                    key: "[metrics] listen",
+                    value: listen.to_string(),
+                    problem: "needs a port of its own (port 0 is not supported here)",
+                });
+            }
         }
         let t = &self.tls;
         if let Some(address) = t.address {

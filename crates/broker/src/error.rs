@@ -31,6 +31,8 @@ pub enum BrokerError {
         error: io::Error,
         hint: &'static str,
     },
+    #[error("cannot serve metrics on {addr}: {error} (check [metrics] listen / --metrics-listen)")]
+    Metrics { addr: SocketAddr, error: String },
     #[error("no listener is enabled: set [listener] enabled = true or a [tls] address")]
     NoListener,
     #[error("rumqttd's router has stopped; the broker cannot route messages")]

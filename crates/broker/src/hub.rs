@@ -34,11 +34,56 @@ pub(crate) struct Limits {
     pub max_inflight: usize,
 }
 
-/// The broker's counters, for its logs (and its metrics).
+/// Why a connection was refused, as metrics label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Closed before a CONNACK: not MQTT, too slow, a failed TLS handshake.
+    Handshake = 0,
+    ProtocolVersion = 1,
+    IdentifierRejected = 2,
+    ServerUnavailable = 3,
+    BadCredentials = 4,
+    NotAuthorized = 5,
+}
+
+impl Refusal {
+    pub(crate) const ALL: [Refusal; 6] = [
+        Refusal::Handshake,
+        Refusal::ProtocolVersion,
+        Refusal::IdentifierRejected,
+        Refusal::ServerUnavailable,
+        Refusal::BadCredentials,
+        Refusal::NotAuthorized,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Refusal::Handshake => "handshake",
+            Refusal::ProtocolVersion => "protocol_version",
+            Refusal::IdentifierRejected => "identifier_rejected",
+            Refusal::ServerUnavailable => "server_unavailable",
+            Refusal::BadCredentials => "bad_credentials",
+            Refusal::NotAuthorized => "not_authorized",
+        }
+    }
+}
+
+/// The broker's counters, for its logs and its metrics: relaxed atomics added to once per
+/// batch, read by the metrics exporter once a second.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     /// Clients past their CONNACK right now.
     pub connected: AtomicUsize,
+    /// Clients accepted (CONNACK 0) so far.
+    pub connections_total: AtomicU64,
+    /// Connections refused, by [`Refusal`].
+    pub refused: [AtomicU64; 6],
+    /// PUBLISH packets from clients, and bytes read from them.
+    pub messages_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    /// PUBLISH packets to clients, and bytes written to them.
+    pub messages_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
     /// Sockets still in their handshake (TLS or CONNECT).
     pub pending: AtomicUsize,
     /// Messages the router skipped before a subscriber read them.
@@ -132,6 +177,10 @@ impl Hub {
     pub(crate) fn count_held(&self, held: Duration) {
         let micros = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
         self.stats.held_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_refused(&self, why: Refusal) {
+        self.stats.refused[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Time publishers were held by flow control, summed over publishers.

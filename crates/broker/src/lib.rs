@@ -21,6 +21,7 @@ mod log;
 pub mod logging;
 mod noise;
 mod packet;
+mod prometheus;
 mod retained;
 mod router;
 mod server;

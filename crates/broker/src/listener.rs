@@ -14,7 +14,7 @@ use tracing::debug;
 
 use crate::connection;
 use crate::error::BrokerError;
-use crate::hub::{Hub, Slot};
+use crate::hub::{Hub, Refusal, Slot};
 
 /// Pending connections the kernel queues for each listener.
 const BACKLOG: u32 = 1024;
@@ -102,8 +102,14 @@ async fn handle(
             let timeout = hub.limits.tls_handshake_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => connection::serve(&hub, stream, peer, pending).await,
-                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => debug!(%peer, "no TLS handshake within tls_handshake_timeout_ms"),
+                Ok(Err(e)) => {
+                    hub.count_refused(Refusal::Handshake);
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    hub.count_refused(Refusal::Handshake);
+                    debug!(%peer, "no TLS handshake within tls_handshake_timeout_ms");
+                }
             }
         }
     }

@@ -57,6 +57,9 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
     if let Some(file) = cli.acl_file {
         config.auth.acl_file = Some(file);
     }
+    if let Some(addr) = cli.metrics_listen {
+        config.metrics.listen = Some(addr);
+    }
     config
         .validate()
         .map_err(|setting| anyhow::anyhow!("{source}: {setting}"))?;
@@ -76,6 +79,9 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
         }
         if let Some(tls) = config.tls.address {
             addresses.push(format!("{tls} (TLS)"));
+        }
+        if let Some(metrics) = config.metrics.listen {
+            addresses.push(format!("{metrics} (metrics)"));
         }
         println!("{source}: ok, would listen on {}", addresses.join(" and "));
         return Ok(());

@@ -24,7 +24,7 @@ use crate::ingest::Ingest;
 use crate::retained::RetainedStore;
 use crate::router::Router;
 use crate::sessions::Sessions;
-use crate::{listener, log};
+use crate::{listener, log, prometheus};
 
 /// What `run` prints on stdout, followed by the socket address, once the broker accepts
 /// connections. Scripts and tests parse this line.
@@ -44,6 +44,7 @@ pub struct RunningBroker {
     addr: SocketAddr,
     plain: Option<SocketAddr>,
     tls: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
     hub: Arc<Hub>,
     /// Stops the accept loops.
     stop_accepting: CancellationToken,
@@ -125,6 +126,10 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
     });
     let stop_accepting = CancellationToken::new();
     tokio::spawn(watch_flow(Arc::clone(&hub), stop_accepting.clone()));
+    if let Some(addr) = config.metrics.listen {
+        // The exporter binds before it returns: a taken port is an error here.
+        prometheus::serve(Arc::clone(&hub), addr, stop_accepting.clone())?;
+    }
     if let Some(listener) = plain {
         let stop = stop_accepting.clone();
         tokio::spawn(listener::accept(Arc::clone(&hub), listener, None, stop));
@@ -138,6 +143,7 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         addr,
         plain: plain_addr,
         tls: tls_addr,
+        metrics: config.metrics.listen,
         hub,
         stop_accepting,
         grace: Duration::from_millis(config.connections.shutdown_grace_ms),
@@ -178,6 +184,11 @@ impl RunningBroker {
     /// The TLS listener's address, if it runs.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// Serves until `shutdown` is cancelled (then `Ok`), or until the router is found gone
@@ -305,6 +316,11 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     }
     if let Some(tls) = broker.tls_addr() {
         lines.push_str(&format!("{READY_TLS_PREFIX}{tls}\n"));
+    }
+    if let Some(metrics) = broker.metrics_addr() {
+        lines.push_str(&format!(
+            "mqtt-broker serving metrics on http://{metrics}/metrics\n"
+        ));
     }
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout

@@ -3,6 +3,7 @@
 //! them ([`process`]), finding the third-party programs they run ([`peers`]) and the
 //! 3-node NATS cluster ([`nats`], also behind `scripts/cluster`).
 
+pub mod http;
 pub mod nats;
 pub mod peers;
 pub mod process;

@@ -135,21 +135,7 @@ pub fn node_command(server: &Path, config: &Path, n: usize, ports: &Ports, dir: 
     command
 }
 
-/// The body of `GET path` on 127.0.0.1:`port` (a node's monitoring port), if it answers
-/// within 2 s.
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(2)))
-            .http_status_as_error(false)
-            .build(),
-    );
-    let mut reply = agent
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .call()
-        .ok()?;
-    reply.body_mut().read_to_string().ok()
-}
+pub use crate::http::get as http_get;
 
 /// True when node with monitoring port `http` says it is healthy (its JetStream too).
 pub fn healthy(http: u16) -> bool {

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::auth::Verdict;
-use crate::hub::{Hub, Slot};
+use crate::hub::{Hub, Refusal, Slot};
 use crate::packet::{self, ReturnCode, Violation};
 
 /// Bytes read at once while waiting for the CONNECT.
@@ -57,10 +57,12 @@ where
     let (mut buf, frame_len, header_len) = match read {
         Ok(Ok(frame)) => frame,
         Ok(Err(reason)) => {
+            hub.count_refused(Refusal::Handshake);
             debug!(%peer, %reason, "connection dropped during handshake");
             return None;
         }
         Err(_) => {
+            hub.count_refused(Refusal::Handshake);
             debug!(%peer, reason = "no CONNECT within connection_timeout_ms", "connection dropped during handshake");
             return None;
         }
@@ -136,6 +138,14 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
     client_id: &str,
     violation: Violation,
 ) {
+    hub.count_refused(match violation.code {
+        None => Refusal::Handshake,
+        Some(ReturnCode::BadProtocolVersion) => Refusal::ProtocolVersion,
+        Some(ReturnCode::IdentifierRejected) => Refusal::IdentifierRejected,
+        Some(ReturnCode::ServerUnavailable) => Refusal::ServerUnavailable,
+        Some(ReturnCode::BadUserNameOrPassword) => Refusal::BadCredentials,
+        Some(ReturnCode::NotAuthorized) => Refusal::NotAuthorized,
+    });
     match violation.code {
         Some(code) => {
             hub.log.warn(format_args!(

@@ -316,6 +316,7 @@ where
         let _ = link.tx.send(disconnect()).now_or_never();
         return;
     }
+    hub.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     debug!(
         client_id = accepted.client_id,
         %peer,

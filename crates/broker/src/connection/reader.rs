@@ -127,11 +127,12 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
         }
         let waiting = !reader.held.is_empty();
         tokio::select! {
-            read = read_some(&mut socket, &mut buf, keep_alive) => {
-                if let Err(close) = read {
-                    break close;
+            read = read_some(&mut socket, &mut buf, keep_alive) => match read {
+                Ok(n) => {
+                    conn.hub.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                 }
-            }
+                Err(close) => break close,
+            },
             () = conn.wake.notified(), if waiting => {}
         }
     };
@@ -139,13 +140,13 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
     close
 }
 
-/// Reads what the socket has; the keep-alive deadline (1.5 times the client's) starts anew
-/// with every read.
+/// Reads what the socket has (returns how much); the keep-alive deadline (1.5 times the
+/// client's) starts anew with every read.
 async fn read_some<R: AsyncRead + Unpin>(
     socket: &mut R,
     buf: &mut BytesMut,
     keep_alive: Option<std::time::Duration>,
-) -> Result<(), Close> {
+) -> Result<usize, Close> {
     let read = match keep_alive {
         Some(limit) => match tokio::time::timeout(limit, socket.read_buf(buf)).await {
             Ok(read) => read,
@@ -155,7 +156,7 @@ async fn read_some<R: AsyncRead + Unpin>(
     };
     match read {
         Ok(0) => Err(Close::SocketClosed),
-        Ok(_) => Ok(()),
+        Ok(n) => Ok(n),
         Err(e) => Err(Close::SocketError(e.kind())),
     }
 }
@@ -245,6 +246,7 @@ impl Reader<'_, '_> {
             return;
         };
         let stats = &self.conn.hub.stats;
+        stats.messages_received.fetch_add(1, Ordering::Relaxed);
         if fields.qos == 0 && self.parked_since.is_some() && self.held_qos0 >= MAX_PARKED_QOS0 {
             // QoS 0 promises nothing; held back without end it would only cost memory.
             stats.qos0_dropped.fetch_add(1, Ordering::Relaxed);

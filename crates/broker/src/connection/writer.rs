@@ -104,6 +104,10 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
             if let Err(e) = socket.write_all(&writer.buf).await {
                 return Close::SocketError(e.kind());
             }
+            let stats = &conn.hub.stats;
+            stats
+                .bytes_sent
+                .fetch_add(writer.buf.len() as u64, Ordering::Relaxed);
             writer.buf.clear();
         }
         if let Some(close) = ended {
@@ -137,7 +141,7 @@ impl Writer<'_> {
             Packet::SubAck(suback, _) => {
                 let (suback, retained) = self.complete_suback(conn, suback);
                 encode(Packet::SubAck(suback, None), &mut self.buf)?;
-                self.send_retained(retained)?;
+                self.send_retained(conn, retained)?;
                 return Ok(false);
             }
             Packet::PubRel(pubrel, props) => {
@@ -223,12 +227,16 @@ impl Writer<'_> {
                 }
             }
         } else if mode == Mode::Broker {
+            conn.hub.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
             self.window.sent(&mut self.buf, start);
         } else if let (Some(pkid), Some(mut withheld)) =
             (window::pkid_of(&self.buf[start..]), conn.lock_withheld())
         {
             // Tracked, so that acknowledgements of withheld ones find their place.
             withheld.forwarded(pkid, qos, false);
+        }
+        if readable && mode == Mode::Router {
+            conn.hub.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
         }
         let awaits_router_ack = qos > 0 && mode == Mode::Router;
         if let Some(skipped) = self.delivery.forwarded(&topic, offset, awaits_router_ack) {
@@ -300,7 +308,11 @@ impl Writer<'_> {
 
     /// Sends retained messages, each at the lower of its QoS and the subscription's (`max`),
     /// under packet ids of ours (the router has nothing to do with them).
-    fn send_retained(&mut self, retained: Vec<(Retained, u8)>) -> Result<(), Close> {
+    fn send_retained(
+        &mut self,
+        conn: &Conn<'_>,
+        retained: Vec<(Retained, u8)>,
+    ) -> Result<(), Close> {
         for (message, max) in retained {
             let qos = message.qos.min(max);
             let pkid = if qos > 0 { self.window.own() } else { 0 };
@@ -314,6 +326,7 @@ impl Writer<'_> {
             raw.extend_from_slice(&message.payload);
             let publish = Publish::deserialize(raw.freeze());
             encode(Packet::Publish(publish, None), &mut self.buf)?;
+            conn.hub.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

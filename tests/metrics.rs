@@ -1,0 +1,115 @@
+//! The broker's Prometheus endpoint: off by default, on at `--metrics-listen`, and after a
+//! run its counters say what happened, in text a Prometheus parser reads.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mqtt_harness::http;
+use prometheus_parse::{Sample, Scrape, Value};
+use support::{closed_port, num, publish, Broker, Subscriber};
+
+/// The value of `name` (with `label` = `value`, if given) in a scrape.
+fn value(scrape: &Scrape, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s: &&Sample| s.metric == name)
+        .find(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+fn scrape(port: u16) -> Scrape {
+    let body = http::get(port, "/metrics").expect("the broker serves /metrics");
+    Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
+}
+
+#[test]
+fn metrics_after_a_run_count_every_message_in_prometheus_format() {
+    const N: u64 = 100_000;
+    let metrics_port = closed_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let broker = Broker::start_with(&["--metrics-listen", &listen]);
+    let count = N.to_string();
+    let subscriber = Subscriber::start(broker.port, &["--count", &count]);
+    let (status, _, stderr) = publish(broker.port, &["--count", &count], Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    let (status, report) = subscriber.finish(Duration::from_secs(60));
+    assert!(status.success(), "{report}");
+    assert_eq!(num(&report, "distinct"), N);
+
+    // The counters are copied into the exporter once a second: wait for them, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let scrape = scrape(metrics_port);
+        let sent = value(&scrape, "mqtt_messages_sent_total", None).unwrap_or(0.0);
+        let received = value(&scrape, "mqtt_messages_received_total", None).unwrap_or(0.0);
+        if sent >= N as f64 && received >= N as f64 {
+            break scrape;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters never reached {N}: {scrape:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for name in [
+        "mqtt_connections",
+        "mqtt_connections_total",
+        "mqtt_bytes_received_total",
+        "mqtt_bytes_sent_total",
+        "mqtt_flow_held_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(value(&scrape, name, None).is_some(), "{name} is served");
+    }
+    assert!(value(&scrape, "mqtt_connections_total", None).unwrap() >= 2.0);
+    assert!(value(&scrape, "mqtt_bytes_received_total", None).unwrap() > (N * 60) as f64);
+    assert_eq!(
+        value(
+            &scrape,
+            "mqtt_messages_dropped_total",
+            Some(("reason", "log_rolled_over"))
+        ),
+        Some(0.0)
+    );
+    assert!(value(
+        &scrape,
+        "mqtt_connections_refused_total",
+        Some(("reason", "handshake"))
+    )
+    .is_some());
+    assert!(
+        value(
+            &scrape,
+            "mqtt_flow_lag_messages",
+            Some(("filter", "sensors/#"))
+        )
+        .is_some(),
+        "{:?}",
+        scrape.samples
+    );
+    assert!(value(&scrape, "process_resident_memory_bytes", None).unwrap() > 1e6);
+    let docs = &scrape.docs;
+    assert!(
+        docs.contains_key("mqtt_messages_sent_total"),
+        "HELP lines: {docs:?}"
+    );
+
+    // Only where asked: the metrics address is announced, and a broker without the flag
+    // serves none.
+    let stdout = broker.proc.stdout();
+    assert!(
+        stdout.contains(&format!("serving metrics on http://{listen}/metrics")),
+        "{stdout}"
+    );
+    let plain = Broker::start();
+    assert!(
+        !plain.proc.stdout().contains("metrics"),
+        "{}",
+        plain.proc.stdout()
+    );
+}
