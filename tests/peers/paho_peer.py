@@ -7,6 +7,8 @@ judges nothing: the Rust test asserts on that line, per broker.
     python paho_peer.py session PORT [COUNT]    persistent session (clean_session=False)
     python paho_peer.py unsubscribe PORT        messages stop after UNSUBACK
     python paho_peer.py keepalive0 PORT         CONNECT with keep-alive 0: CONNACK or not?
+    python paho_peer.py wspub PORT COUNT        COUNT QoS 1 readings (the demo's JSON) over
+                                                WebSockets (ws://127.0.0.1:PORT/mqtt)
 """
 
 import json
@@ -186,6 +188,38 @@ def keepalive0(port):
     peer.c.loop_stop()
 
 
+def wspub(port, count):
+    """The demo's JSON readings (device sensor-1, seq 1..COUNT), QoS 1, over WebSockets:
+    how many the broker acknowledged."""
+    c = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=unique("interop-ws"),
+        protocol=mqtt.MQTTv311,
+        transport="websockets",
+    )
+    c.ws_set_options(path="/mqtt")
+    c.max_inflight_messages_set(100)
+    c.max_queued_messages_set(0)
+    connected = threading.Event()
+    c.on_connect = lambda c, u, f, rc, p=None: connected.set()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    if not connected.wait(STEP_TIMEOUT):
+        fail("no CONNACK over WebSockets")
+    infos = []
+    for seq in range(1, count + 1):
+        payload = json.dumps({"device_id": "sensor-1", "seq": seq, "temperature": 21.5,
+                              "humidity": 40.2, "ts": time.time()})
+        infos.append(c.publish("sensors/data", payload, qos=1))
+    deadline = time.monotonic() + 60
+    for info in infos:
+        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+    acked = sum(1 for info in infos if info.is_published())
+    c.disconnect()
+    c.loop_stop()
+    print(json.dumps({"published": count, "acked": acked}), flush=True)
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__, file=sys.stderr)
@@ -197,6 +231,8 @@ def main():
         unsubscribe(port)
     elif check == "keepalive0":
         keepalive0(port)
+    elif check == "wspub":
+        wspub(port, int(sys.argv[3]))
     else:
         print("unknown check %r\n%s" % (check, __doc__), file=sys.stderr)
         sys.exit(2)

@@ -49,6 +49,10 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "MQTT_BROKER_ACL_FILE")]
     pub acl_file: Option<PathBuf>,
 
+    /// Also accept MQTT over WebSockets at ws://ADDR:PORT/mqtt (any path; subprotocol "mqtt").
+    #[arg(long, value_name = "ADDR:PORT", env = "MQTT_BROKER_WS_LISTEN")]
+    pub ws_listen: Option<SocketAddr>,
+
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT", env = "MQTT_BROKER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -87,7 +91,8 @@ fn after_help() -> String {
          mqtt-broker --listen 127.0.0.1:0     # any free port\n  \
          mqtt-broker --config my.toml --check-config\n  \
          mqtt-broker passwd config/passwd alice    # then: --password-file config/passwd\n  \
-         mqtt-broker gen-certs certs          # then: --tls-cert certs/server.pem (and --tls-key)\n\n\
+         mqtt-broker gen-certs certs          # then: --tls-cert certs/server.pem (and --tls-key)\n  \
+         mqtt-broker --ws-listen 127.0.0.1:8080    # also MQTT over WebSockets at ws://127.0.0.1:8080/mqtt\n\n\
          Logs: RUST_LOG filters them (default: info). Connections that are dropped or aborted \
          are not errors; RUST_LOG=info,rumqttd=debug,mqtt_broker=debug shows one DEBUG line for \
          each such event. Refused and disconnected clients are one WARN line each (at most 20 \

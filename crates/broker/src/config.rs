@@ -38,6 +38,15 @@ pub struct BrokerConfig {
     pub auth: AuthConfig,
     pub flow: FlowSettings,
     pub metrics: MetricsConfig,
+    pub websocket: WebSocketConfig,
+}
+
+/// `[websocket]`: MQTT over WebSockets (MQTT 3.1.1 section 6), off unless `address` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// IP:PORT of the WebSocket listener (port 0: any free port).
+    pub address: Option<SocketAddr>,
 }
 
 /// `[metrics]`: Prometheus metrics over HTTP, off unless `listen` is set.
@@ -425,12 +434,27 @@ impl BrokerConfig {
                     problem: "must differ from [listener] address",
                 });
             }
-        } else if !self.listener.enabled {
+        } else if !self.listener.enabled && self.websocket.address.is_none() {
             return Err(InvalidSetting {
                 key: "[listener] enabled",
                 value: "false".to_owned(),
-                problem: "needs a TLS listener ([tls] address), or the broker listens nowhere",
+                problem: "needs a TLS listener ([tls] address) or a WebSocket one ([websocket] \
+                          address), or the broker listens nowhere",
             });
+        }
+        if let Some(ws) = self.websocket.address {
+            let taken = [
+                self.listener.enabled.then_some(self.listener.address),
+                self.tls.address,
+                self.metrics.listen,
+            ];
+            if ws.port() != 0 && taken.contains(&Some(ws)) {
+                return Err(InvalidSetting {
+                    key: "[websocket] address",
+                    value: ws.to_string(),
+                    problem: "must differ from the other listeners' addresses",
+                });
+            }
         }
         Ok(())
     }

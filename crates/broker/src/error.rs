@@ -33,7 +33,7 @@ pub enum BrokerError {
     },
     #[error("cannot serve metrics on {addr}: {error} (check [metrics] listen / --metrics-listen)")]
     Metrics { addr: SocketAddr, error: String },
-    #[error("no listener is enabled: set [listener] enabled = true or a [tls] address")]
+    #[error("no listener is enabled: set [listener] enabled = true, a [tls] address or a [websocket] address")]
     NoListener,
     #[error("rumqttd's router has stopped; the broker cannot route messages")]
     RouterGone,

@@ -27,8 +27,9 @@ mod router;
 mod server;
 mod sessions;
 pub mod tls;
+mod websocket;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;
 pub use router::install_router_panic_hook;
-pub use server::{run, start, RunningBroker, READY_PREFIX, READY_TLS_PREFIX};
+pub use server::{run, start, RunningBroker, READY_PREFIX, READY_TLS_PREFIX, READY_WS_PREFIX};

@@ -1,7 +1,7 @@
 //! The broker's listening sockets: binding them (a taken port is a clear error before anything
 //! starts) and accepting connections on them. Each accepted socket gets a task of its own; a
-//! bounded number may be in their handshake at once, and on the TLS port the handshake itself
-//! has a deadline, so silent sockets never hold up other clients.
+//! bounded number may be in their handshake at once, and the TLS and WebSocket handshakes
+//! have deadlines, so silent sockets never hold up other clients.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,9 +12,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::connection;
 use crate::error::BrokerError;
 use crate::hub::{Hub, Refusal, Slot};
+use crate::{connection, websocket};
 
 /// Pending connections the kernel queues for each listener.
 const BACKLOG: u32 = 1024;
@@ -54,12 +54,21 @@ pub(crate) fn bind_error(addr: SocketAddr, error: io::Error) -> BrokerError {
     }
 }
 
+/// What a listener's connections speak below MQTT.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    Tcp,
+    Tls(tokio_rustls::TlsAcceptor),
+    /// MQTT over WebSockets (see `websocket`), unencrypted.
+    WebSocket,
+}
+
 /// Accepts connections on `listener` until `stop` is cancelled. Accept errors (such as running
 /// out of file descriptors) pause the loop briefly; they never end it.
 pub(crate) async fn accept(
     hub: Arc<Hub>,
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    transport: Transport,
     stop: CancellationToken,
 ) {
     loop {
@@ -70,7 +79,7 @@ pub(crate) async fn accept(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(handle(Arc::clone(&hub), stream, peer, tls.clone()));
+                tokio::spawn(handle(Arc::clone(&hub), stream, peer, transport.clone()));
                 if !hub.limits.next_connection_delay.is_zero() {
                     tokio::time::sleep(hub.limits.next_connection_delay).await;
                 }
@@ -88,7 +97,7 @@ async fn handle(
     hub: Arc<Hub>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    transport: Transport,
 ) {
     // Sockets that have not finished their handshake are bounded too: beyond as many as
     // there may be clients, new ones are closed at once.
@@ -96,9 +105,24 @@ async fn handle(
         debug!(%peer, "too many connections in their handshake; closed");
         return;
     };
-    match tls {
-        None => connection::serve(&hub, stream, peer, pending).await,
-        Some(acceptor) => {
+    match transport {
+        Transport::Tcp => connection::serve(&hub, stream, peer, pending).await,
+        Transport::WebSocket => {
+            // The upgrade counts against the time a client has to send its CONNECT.
+            let timeout = hub.limits.connect_timeout;
+            match tokio::time::timeout(timeout, websocket::accept(stream)).await {
+                Ok(Ok(stream)) => connection::serve(&hub, stream, peer, pending).await,
+                Ok(Err(e)) => {
+                    hub.count_refused(Refusal::Handshake);
+                    debug!(%peer, error = %e, "WebSocket handshake failed");
+                }
+                Err(_) => {
+                    hub.count_refused(Refusal::Handshake);
+                    debug!(%peer, "no WebSocket handshake within connection_timeout_ms");
+                }
+            }
+        }
+        Transport::Tls(acceptor) => {
             let timeout = hub.limits.tls_handshake_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => connection::serve(&hub, stream, peer, pending).await,

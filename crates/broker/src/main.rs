@@ -57,6 +57,9 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
     if let Some(file) = cli.acl_file {
         config.auth.acl_file = Some(file);
     }
+    if let Some(addr) = cli.ws_listen {
+        config.websocket.address = Some(addr);
+    }
     if let Some(addr) = cli.metrics_listen {
         config.metrics.listen = Some(addr);
     }
@@ -79,6 +82,9 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
         }
         if let Some(tls) = config.tls.address {
             addresses.push(format!("{tls} (TLS)"));
+        }
+        if let Some(ws) = config.websocket.address {
+            addresses.push(format!("{ws} (WebSockets)"));
         }
         if let Some(metrics) = config.metrics.listen {
             addresses.push(format!("{metrics} (metrics)"));

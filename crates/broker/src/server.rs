@@ -21,6 +21,7 @@ use crate::error::BrokerError;
 use crate::flow::{Change, Flow};
 use crate::hub::{Hub, Stats};
 use crate::ingest::Ingest;
+use crate::listener::Transport;
 use crate::retained::RetainedStore;
 use crate::router::Router;
 use crate::sessions::Sessions;
@@ -33,6 +34,9 @@ pub const READY_PREFIX: &str = "mqtt-broker listening on ";
 /// The line `run` prints for the TLS listener (after the plain one, if that runs too).
 pub const READY_TLS_PREFIX: &str = "mqtt-broker listening for TLS on ";
 
+/// The line `run` prints for the WebSocket listener, followed by `ws://ADDR:PORT/mqtt`.
+pub const READY_WS_PREFIX: &str = "mqtt-broker listening for WebSockets on ";
+
 /// A broker whose listeners are bound and whose router runs.
 ///
 /// rumqttd's router thread has no stop: it runs until the process exits, even after
@@ -44,6 +48,7 @@ pub struct RunningBroker {
     addr: SocketAddr,
     plain: Option<SocketAddr>,
     tls: Option<SocketAddr>,
+    websocket: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
     hub: Arc<Hub>,
     /// Stops the accept loops.
@@ -91,10 +96,12 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         Some(addr) if acceptor.is_some() => Some(listener::bind(addr)?),
         _ => None,
     };
+    let websocket = config.websocket.address.map(listener::bind).transpose()?;
     let plain_addr = local_addr(plain.as_ref(), config.listener.address)?;
     let tls_addr = local_addr(tls.as_ref(), config.listener.address)?;
+    let ws_addr = local_addr(websocket.as_ref(), config.listener.address)?;
     if users.is_none() {
-        for addr in plain_addr.iter().chain(tls_addr.iter()) {
+        for addr in plain_addr.iter().chain(&tls_addr).chain(&ws_addr) {
             if !addr.ip().is_loopback() {
                 warn!(
                     "listening on {addr} beyond loopback WITHOUT AUTHENTICATION: anyone who can \
@@ -132,17 +139,42 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
     }
     if let Some(listener) = plain {
         let stop = stop_accepting.clone();
-        tokio::spawn(listener::accept(Arc::clone(&hub), listener, None, stop));
+        tokio::spawn(listener::accept(
+            Arc::clone(&hub),
+            listener,
+            Transport::Tcp,
+            stop,
+        ));
     }
-    if let Some(listener) = tls {
+    if let (Some(listener), Some(acceptor)) = (tls, acceptor) {
         let stop = stop_accepting.clone();
-        tokio::spawn(listener::accept(Arc::clone(&hub), listener, acceptor, stop));
+        let transport = Transport::Tls(acceptor);
+        tokio::spawn(listener::accept(
+            Arc::clone(&hub),
+            listener,
+            transport,
+            stop,
+        ));
     }
-    let addr = plain_addr.or(tls_addr).ok_or(BrokerError::NoListener)?;
+    if let Some(listener) = websocket {
+        let stop = stop_accepting.clone();
+        let transport = Transport::WebSocket;
+        tokio::spawn(listener::accept(
+            Arc::clone(&hub),
+            listener,
+            transport,
+            stop,
+        ));
+    }
+    let addr = plain_addr
+        .or(tls_addr)
+        .or(ws_addr)
+        .ok_or(BrokerError::NoListener)?;
     Ok(RunningBroker {
         addr,
         plain: plain_addr,
         tls: tls_addr,
+        websocket: ws_addr,
         metrics: config.metrics.listen,
         hub,
         stop_accepting,
@@ -184,6 +216,11 @@ impl RunningBroker {
     /// The TLS listener's address, if it runs.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls
+    }
+
+    /// The WebSocket listener's address, if it runs.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket
     }
 
     /// Where `/metrics` is served, if it is.
@@ -316,6 +353,9 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     }
     if let Some(tls) = broker.tls_addr() {
         lines.push_str(&format!("{READY_TLS_PREFIX}{tls}\n"));
+    }
+    if let Some(ws) = broker.websocket_addr() {
+        lines.push_str(&format!("{READY_WS_PREFIX}ws://{ws}/mqtt\n"));
     }
     if let Some(metrics) = broker.metrics_addr() {
         lines.push_str(&format!(

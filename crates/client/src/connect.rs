@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use thiserror::Error;
 
 pub use crate::failover::Endpoint;
-use crate::failover::{current, move_to};
+use crate::failover::{broker_addr, current, move_to};
 
 /// The environment variable the password comes from.
 pub const PASSWORD_ENV: &str = "MQTT_PASSWORD";
@@ -65,6 +65,12 @@ pub struct BrokerArgs {
     /// --tls). `scripts/gen-certs DIR` makes DIR/ca.pem.
     #[arg(long, value_name = "FILE", env = "MQTT_CA_FILE", value_parser = CaFile::parse)]
     pub ca_file: Option<CaFile>,
+
+    /// Speak MQTT over WebSockets: connect to ws://HOST:PORT/mqtt (wss:// with --tls), a
+    /// broker's WebSocket listener (`mqtt-broker --ws-listen`, Mosquitto's
+    /// `protocol websockets`).
+    #[arg(long, env = "MQTT_WS")]
+    pub ws: bool,
 
     /// User name to authenticate with; the password is read from the MQTT_PASSWORD
     /// environment variable (never a flag, which other users could see in `ps`).
@@ -169,7 +175,24 @@ impl BrokerArgs {
     /// set here, from the flags and the session, so failover (which must rebuild the
     /// options for another broker, see [`crate::failover::retarget`]) can keep them all.
     pub fn options_at(&self, session: &Session, at: &Endpoint) -> MqttOptions {
-        let mut options = MqttOptions::new(session.client_id.clone(), at.host.clone(), at.port);
+        let transport = match (self.ws, self.uses_tls()) {
+            (false, false) => Transport::Tcp,
+            (ws, true) => {
+                let config =
+                    TlsConfiguration::Rustls(Arc::new(tls_client_config(self.ca_file.as_ref())));
+                match ws {
+                    false => Transport::tls_with_config(config),
+                    true => Transport::wss_with_config(config),
+                }
+            }
+            (true, false) => Transport::Ws,
+        };
+        let mut options = MqttOptions::new(
+            session.client_id.clone(),
+            broker_addr(&transport, at),
+            at.port,
+        );
+        options.set_transport(transport);
         options
             .set_keep_alive(KEEP_ALIVE)
             .set_clean_session(session.clean)
@@ -182,12 +205,6 @@ impl BrokerArgs {
         if let Some(user) = &self.username {
             let password = std::env::var(PASSWORD_ENV).unwrap_or_default();
             options.set_credentials(user.clone(), password);
-        }
-        if self.uses_tls() {
-            let config = tls_client_config(self.ca_file.as_ref());
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(config),
-            )));
         }
         options
     }

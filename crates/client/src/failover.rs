@@ -9,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rumqttc::{EventLoop, MqttOptions};
+use rumqttc::{EventLoop, MqttOptions, Transport};
 
 /// One broker address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +57,32 @@ impl fmt::Display for Endpoint {
 
 /// The broker `eventloop` connects to (or tried last).
 pub fn current(eventloop: &EventLoop) -> Endpoint {
-    let (host, port) = eventloop.mqtt_options.broker_address();
-    Endpoint { host, port }
+    let (addr, port) = eventloop.mqtt_options.broker_address();
+    match ws_endpoint(&addr) {
+        Some(endpoint) => endpoint,
+        None => Endpoint { host: addr, port },
+    }
+}
+
+/// The path MQTT over WebSockets is served at by convention (Mosquitto, EMQX, ours).
+const WS_PATH: &str = "/mqtt";
+
+/// What rumqttc wants as the broker address for `transport`: the host, or for WebSockets
+/// (whose address rumqttc takes from a URL) `ws://HOST:PORT/mqtt` or `wss://...`.
+pub(crate) fn broker_addr(transport: &Transport, at: &Endpoint) -> String {
+    match transport {
+        Transport::Ws => format!("ws://{at}{WS_PATH}"),
+        Transport::Wss(_) => format!("wss://{at}{WS_PATH}"),
+        _ => at.host.clone(),
+    }
+}
+
+/// The endpoint in a WebSocket URL made by [`broker_addr`].
+fn ws_endpoint(addr: &str) -> Option<Endpoint> {
+    let rest = addr
+        .strip_prefix("ws://")
+        .or_else(|| addr.strip_prefix("wss://"))?;
+    rest.strip_suffix(WS_PATH)?.parse().ok()
 }
 
 /// Points `eventloop` at `to`; the next poll connects there.
@@ -80,9 +104,10 @@ pub fn next_after<'a>(endpoints: &'a [Endpoint], current: &Endpoint) -> Option<&
 /// (all made by [`crate::connect::BrokerArgs::options_at`], see the test below) and the
 /// others rumqttc has getters for.
 pub fn retarget(options: &MqttOptions, to: &Endpoint) -> MqttOptions {
-    let mut moved = MqttOptions::new(options.client_id(), to.host.clone(), to.port);
+    let transport = options.transport();
+    let mut moved = MqttOptions::new(options.client_id(), broker_addr(&transport, to), to.port);
     moved
-        .set_transport(options.transport())
+        .set_transport(transport)
         .set_keep_alive(options.keep_alive())
         .set_clean_session(options.clean_session())
         // `options_at` sets both limits alike; rumqttc has a getter for one only.
@@ -127,6 +152,20 @@ mod tests {
     }
 
     #[test]
+    fn websocket_urls_name_the_endpoint_and_give_it_back() {
+        for s in ["127.0.0.1:8080", "[::1]:9001", "broker.local:80"] {
+            let at: Endpoint = s.parse().unwrap();
+            let url = broker_addr(&Transport::Ws, &at);
+            assert_eq!(url, format!("ws://{s}/mqtt"));
+            assert_eq!(ws_endpoint(&url), Some(at.clone()));
+            let url = broker_addr(&Transport::wss_with_config(Default::default()), &at);
+            assert_eq!(url, format!("wss://{s}/mqtt"));
+            assert_eq!(ws_endpoint(&url), Some(at.clone()));
+            assert_eq!(broker_addr(&Transport::Tcp, &at), at.host);
+        }
+    }
+
+    #[test]
     fn next_wraps_around_and_needs_another_broker() {
         let list: Vec<Endpoint> = ["a:1", "b:2", "c:3"].map(|s| s.parse().unwrap()).into();
         assert_eq!(next_after(&list, &list[0]), Some(&list[1]));
@@ -162,6 +201,17 @@ mod tests {
             "alice",
         ]);
         let [a, b]: [Endpoint; 2] = cli.broker.endpoints().try_into().unwrap();
+        let ws = Cli::parse_from(["x", "--broker", "a:1", "--ws"]);
+        let session = Session {
+            client_id: "ws".into(),
+            clean: true,
+            inflight: None,
+            manual_acks: false,
+            request_capacity: 10,
+        };
+        let moved = retarget(&ws.broker.options_at(&session, &a), &b);
+        assert_eq!(moved.broker_address(), ("ws://b:2/mqtt".to_owned(), 2));
+        assert!(matches!(moved.transport(), Transport::Ws));
         for session in [
             Session {
                 client_id: "dev-7".into(),
