@@ -101,6 +101,7 @@ impl Scenario {
         }
         let (mut broker, port) = match self.broker {
             BrokerKind::Ours => start_our_broker(&self.bin_dir, dir)?,
+            BrokerKind::OursWebSocket => start_our_websocket_broker(&self.bin_dir, dir)?,
             BrokerKind::Rumqttd => start_rumqttd(&self.bin_dir, dir)?,
             BrokerKind::Mosquitto => start_mosquitto(peers, dir)?,
             BrokerKind::NatsCluster => unreachable!("handled above"),
@@ -164,6 +165,12 @@ impl Scenario {
             "--report-json",
             path_str(&sub_report)?,
         ]);
+        let ws = strings(&["--ws"]);
+        let transport: &[String] = match self.broker {
+            BrokerKind::OursWebSocket => &ws,
+            _ => &[],
+        };
+        sub_args.extend_from_slice(transport);
         if self.broker == BrokerKind::NatsCluster {
             // A named client: a persistent session, whose subscription lives in the
             // cluster (a replicated JetStream consumer) and survives a node.
@@ -182,6 +189,7 @@ impl Scenario {
             "--report-json",
             path_str(&pub_report)?,
         ]);
+        args.extend_from_slice(transport);
         args.extend_from_slice(publisher_args);
         let started = Instant::now();
         let program = self.publisher_dir.join("mqtt-publisher");
@@ -346,6 +354,28 @@ fn start_our_broker(bin_dir: &Path, dir: &Path) -> Result<(Proc, u16)> {
         .strip_prefix("mqtt-broker listening on ")
         .and_then(|addr| addr.trim().rsplit(':').next()?.parse().ok())
         .with_context(|| format!("no port in the broker's line {line:?}"))?;
+    Ok((broker, port))
+}
+
+/// Our broker with a WebSocket listener: its port, read from the broker's
+/// `listening for WebSockets on ws://ADDR/mqtt` line.
+fn start_our_websocket_broker(bin_dir: &Path, dir: &Path) -> Result<(Proc, u16)> {
+    const PREFIX: &str = "mqtt-broker listening for WebSockets on ws://";
+    let mut broker = spawn(
+        "broker",
+        &bin_dir.join("mqtt-broker"),
+        &strings(&["--listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"]),
+        dir,
+    )?;
+    broker.wait_until("the WebSocket listener", Duration::from_secs(20), |p| {
+        p.stdout().contains(PREFIX)
+    })?;
+    let stdout = broker.stdout();
+    let port = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(PREFIX)?.strip_suffix("/mqtt"))
+        .and_then(|addr| addr.rsplit(':').next()?.parse().ok())
+        .with_context(|| format!("no WebSocket port in the broker's output {stdout:?}"))?;
     Ok((broker, port))
 }
 

@@ -10,6 +10,9 @@ use serde::Serialize;
 pub enum BrokerKind {
     /// Our `mqtt-broker` (rumqttd's router behind our network layer).
     Ours,
+    /// Our `mqtt-broker`, the clients on its WebSocket listener (`--ws-listen`, `--ws`).
+    #[serde(rename = "ours-websocket")]
+    OursWebSocket,
     /// rumqttd 0.20's own broker, network layer and all (`mqtt-baseline broker`), with the
     /// router settings of our defaults' time: the stack ours wraps, as it comes.
     Rumqttd,
@@ -139,6 +142,14 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
     ] {
         rows.push(row("network", name.into(), broker, clients, n));
     }
+    // The same pipeline over WebSockets, beside the TCP row above.
+    rows.push(row(
+        "network",
+        "ours over WebSockets (--ws), 61 B readings".into(),
+        BrokerKind::OursWebSocket,
+        ours(&[], count(n)),
+        n,
+    ));
     let seed_n = if plan.quick { 2_000 } else { 50_000 }.min(n);
     rows.push(row(
         "pipeline",

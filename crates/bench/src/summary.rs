@@ -226,6 +226,11 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
             "rumqttd's own broker + our clients",
             "our broker / rumqttd's own broker, both with our clients (msg/s)",
         ),
+        (
+            "ours over WebSockets",
+            "ours, 61 B readings",
+            "ours over WebSockets / ours over TCP (msg/s)",
+        ),
     ] {
         if let (Some(a), Some(b)) = (rate(a), rate(b)) {
             out.push(Ratio {
