@@ -492,6 +492,26 @@ fn the_broker_listens_on_exactly_the_configured_sockets() {
     let mut expected = vec![broker.port, tls_port];
     expected.sort_unstable();
     assert_eq!(listening_ports(broker.proc.pid()), expected);
+
+    // Every listener there is: MQTT, TLS, WebSockets, metrics. Exactly those four.
+    let [tls_port, ws_port, metrics_port] = [closed_port(), closed_port(), closed_port()];
+    let [tls_listen, ws_listen, metrics_listen] =
+        [tls_port, ws_port, metrics_port].map(|port| format!("127.0.0.1:{port}"));
+    let broker = Broker::start_with(&[
+        "--tls-listen",
+        &tls_listen,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--ws-listen",
+        &ws_listen,
+        "--metrics-listen",
+        &metrics_listen,
+    ]);
+    let mut expected = vec![broker.port, tls_port, ws_port, metrics_port];
+    expected.sort_unstable();
+    assert_eq!(listening_ports(broker.proc.pid()), expected);
 }
 
 /// The TCP ports process `pid` listens on: its socket descriptors, matched against the
