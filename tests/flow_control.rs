@@ -108,6 +108,29 @@ fn a_slow_subscriber_slows_the_publisher_and_loses_nothing() {
 }
 
 #[test]
+fn with_the_earlier_default_of_three_1_mib_segments_a_slow_subscriber_loses_nothing() {
+    const N: u64 = 200_000;
+    let broker =
+        Broker::start_with_config("[router]\nmax_segment_size = 1048576\nmax_segment_count = 3\n");
+    let count = N.to_string();
+    let subscriber = Subscriber::start(
+        broker.port,
+        &["--count", &count, "--process-delay-us", "20"],
+    );
+    let (status, published, stderr) =
+        publish(broker.port, &["--count", &count], Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(num(&published, "acked"), N);
+    let (status, report) = subscriber.finish(Duration::from_secs(120));
+    assert!(status.success(), "{report}");
+    assert_eq!(num(&report, "missing"), 0, "{report}");
+    assert_eq!(num(&report, "distinct"), N, "{report}");
+    let shutdown = stop(broker);
+    assert_eq!(shutdown.dropped_total, 0, "{}", shutdown.log);
+    assert!(shutdown.held_s > 0.0, "held: {}", shutdown.log);
+}
+
+#[test]
 fn a_log_of_two_small_segments_still_loses_nothing() {
     const N: u64 = 100_000;
     let broker =

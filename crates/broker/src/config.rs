@@ -212,8 +212,8 @@ impl Default for TlsConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 3,
+            max_segment_size: 256 * 1024,
+            max_segment_count: 4,
             max_outgoing_packet_count: 200,
             shared_subscriptions_strategy: SharedStrategy::RoundRobin,
         }
@@ -691,8 +691,8 @@ mod tests {
     #[test]
     fn maps_onto_the_routers_configuration() {
         let r = BrokerConfig::default().router_config();
-        assert_eq!(r.max_segment_count, 3);
-        assert_eq!(r.max_segment_size, 1024 * 1024);
+        assert_eq!(r.max_segment_count, 4);
+        assert_eq!(r.max_segment_size, 256 * 1024);
         assert!(r.max_connections > 10_000);
         let limits = BrokerConfig::default().limits();
         assert_eq!(limits.max_packet, 256 * 1024);
