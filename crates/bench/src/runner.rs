@@ -343,55 +343,52 @@ impl Scenario {
 }
 
 fn start_our_broker(bin_dir: &Path, dir: &Path) -> Result<(Proc, u16)> {
-    let mut broker = spawn(
-        "broker",
-        &bin_dir.join("mqtt-broker"),
-        &strings(&["--listen", "127.0.0.1:0"]),
+    let program = bin_dir.join("mqtt-broker");
+    start_listening(
+        &program,
+        &["--listen", "127.0.0.1:0"],
+        "mqtt-broker listening on ",
         dir,
-    )?;
-    let line = broker.first_stdout_line(Duration::from_secs(20))?;
-    let port = line
-        .strip_prefix("mqtt-broker listening on ")
-        .and_then(|addr| addr.trim().rsplit(':').next()?.parse().ok())
-        .with_context(|| format!("no port in the broker's line {line:?}"))?;
-    Ok((broker, port))
+    )
 }
 
-/// Our broker with a WebSocket listener: its port, read from the broker's
+/// Our broker with a WebSocket listener too: the WebSocket port, from the broker's
 /// `listening for WebSockets on ws://ADDR/mqtt` line.
 fn start_our_websocket_broker(bin_dir: &Path, dir: &Path) -> Result<(Proc, u16)> {
-    const PREFIX: &str = "mqtt-broker listening for WebSockets on ws://";
-    let mut broker = spawn(
-        "broker",
-        &bin_dir.join("mqtt-broker"),
-        &strings(&["--listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"]),
+    let program = bin_dir.join("mqtt-broker");
+    let args = ["--listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"];
+    start_listening(
+        &program,
+        &args,
+        "mqtt-broker listening for WebSockets on ws://",
         dir,
-    )?;
-    broker.wait_until("the WebSocket listener", Duration::from_secs(20), |p| {
-        p.stdout().contains(PREFIX)
-    })?;
-    let stdout = broker.stdout();
-    let port = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(PREFIX)?.strip_suffix("/mqtt"))
-        .and_then(|addr| addr.rsplit(':').next()?.parse().ok())
-        .with_context(|| format!("no WebSocket port in the broker's output {stdout:?}"))?;
-    Ok((broker, port))
+    )
 }
 
 /// rumqttd's own broker (`mqtt-baseline broker`), which prints `listening on ADDR`.
 fn start_rumqttd(bin_dir: &Path, dir: &Path) -> Result<(Proc, u16)> {
-    let mut broker = spawn(
-        "rumqttd",
-        &bin_dir.join("mqtt-baseline"),
-        &strings(&["broker", "--listen", "127.0.0.1:0"]),
-        dir,
-    )?;
-    let line = broker.first_stdout_line(Duration::from_secs(20))?;
-    let port = line
-        .strip_prefix("listening on ")
-        .and_then(|addr| addr.trim().rsplit(':').next()?.parse().ok())
-        .with_context(|| format!("no port in rumqttd's line {line:?}"))?;
+    let program = bin_dir.join("mqtt-baseline");
+    let args = ["broker", "--listen", "127.0.0.1:0"];
+    start_listening(&program, &args, "listening on ", dir)
+}
+
+/// Starts a broker and reads its port from the stdout line that starts with `prefix`
+/// (`PREFIX` then `ADDR:PORT`, possibly followed by a path).
+fn start_listening(program: &Path, args: &[&str], prefix: &str, dir: &Path) -> Result<(Proc, u16)> {
+    let mut broker = spawn("broker", program, &strings(args), dir)?;
+    broker.wait_until("its listening line", Duration::from_secs(20), |p| {
+        p.stdout().lines().any(|line| line.starts_with(prefix))
+    })?;
+    let stdout = broker.stdout();
+    let port = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .and_then(|addr| {
+            let addr = addr.trim();
+            let addr = addr.strip_suffix("/mqtt").unwrap_or(addr);
+            addr.rsplit(':').next()?.parse().ok()
+        })
+        .with_context(|| format!("no port after {prefix:?} in {stdout:?}"))?;
     Ok((broker, port))
 }
 

@@ -112,6 +112,26 @@ struct Log {
     unannounced: u64,
 }
 
+impl Log {
+    /// `reader` is online in this log (once more): at `position` if given, else where it
+    /// already stood, or for a new reader at the end of the log.
+    fn join(&mut self, reader: ReaderKey, position: Option<u64>) {
+        let appended = self.appended;
+        let entry = self.readers.entry(reader).or_insert(Reader {
+            position: position.unwrap_or(appended),
+            online: 0,
+            offline_since: None,
+            excluded: false,
+        });
+        entry.online += 1;
+        entry.offline_since = None;
+        entry.excluded = false;
+        if let Some(position) = position {
+            entry.position = position;
+        }
+    }
+}
+
 /// Why a publish cannot be appended now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Park {
@@ -194,17 +214,9 @@ impl Flow {
             }
         };
         let log = &mut self.logs[id];
-        let position = log.appended;
-        let entry = log.readers.entry(reader).or_insert(Reader {
-            position,
-            online: 0,
-            offline_since: None,
-            excluded: false,
-        });
-        entry.online += 1;
-        entry.offline_since = None;
-        entry.excluded = false;
-        position
+        let end = log.appended;
+        log.join(reader, None);
+        end
     }
 
     /// The router has answered the SUBSCRIBE for `filter`: its log exists.
@@ -251,20 +263,7 @@ impl Flow {
         let Some(&id) = self.by_filter.get(filter) else {
             return;
         };
-        let log = &mut self.logs[id];
-        let appended = log.appended;
-        let entry = log.readers.entry(reader).or_insert(Reader {
-            position: position.unwrap_or(appended),
-            online: 0,
-            offline_since: None,
-            excluded: false,
-        });
-        entry.online += 1;
-        entry.offline_since = None;
-        entry.excluded = false;
-        if let Some(position) = position {
-            entry.position = position;
-        }
+        self.logs[id].join(reader, position);
     }
 
     /// `reader` now stands at `position` in `filter`'s log (a group: one of its members).

@@ -109,32 +109,50 @@ async fn handle(
         Transport::Tcp => connection::serve(&hub, stream, peer, pending).await,
         Transport::WebSocket => {
             // The upgrade counts against the time a client has to send its CONNECT.
-            let timeout = hub.limits.connect_timeout;
-            match tokio::time::timeout(timeout, websocket::accept(stream)).await {
-                Ok(Ok(stream)) => connection::serve(&hub, stream, peer, pending).await,
-                Ok(Err(e)) => {
-                    hub.count_refused(Refusal::Handshake);
-                    debug!(%peer, error = %e, "WebSocket handshake failed");
-                }
-                Err(_) => {
-                    hub.count_refused(Refusal::Handshake);
-                    debug!(%peer, "no WebSocket handshake within connection_timeout_ms");
-                }
+            let upgrade = websocket::accept(stream);
+            let timeout = (
+                hub.limits.connect_timeout,
+                "[connections] connection_timeout_ms",
+            );
+            if let Some(stream) = handshake(&hub, peer, "WebSocket", timeout, upgrade).await {
+                connection::serve(&hub, stream, peer, pending).await;
             }
         }
         Transport::Tls(acceptor) => {
-            let timeout = hub.limits.tls_handshake_timeout;
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => connection::serve(&hub, stream, peer, pending).await,
-                Ok(Err(e)) => {
-                    hub.count_refused(Refusal::Handshake);
-                    debug!(%peer, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    hub.count_refused(Refusal::Handshake);
-                    debug!(%peer, "no TLS handshake within tls_handshake_timeout_ms");
-                }
+            let accept = acceptor.accept(stream);
+            let timeout = (
+                hub.limits.tls_handshake_timeout,
+                "[tls] handshake_timeout_ms",
+            );
+            if let Some(stream) = handshake(&hub, peer, "TLS", timeout, accept).await {
+                connection::serve(&hub, stream, peer, pending).await;
             }
+        }
+    }
+}
+
+/// A transport's handshake (`what`: TLS, WebSocket), bounded by `timeout` (and the setting
+/// that gives it). A failed or late one is counted as a refusal and logged at DEBUG.
+async fn handshake<S, E: std::fmt::Display>(
+    hub: &Hub,
+    peer: SocketAddr,
+    what: &str,
+    (timeout, setting): (Duration, &str),
+    handshake: impl std::future::Future<Output = Result<S, E>>,
+) -> Option<S> {
+    let result = tokio::time::timeout(timeout, handshake).await;
+    if !matches!(result, Ok(Ok(_))) {
+        hub.count_refused(Refusal::Handshake);
+    }
+    match result {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "{what} handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "no {what} handshake within {setting}");
+            None
         }
     }
 }
