@@ -168,6 +168,22 @@ fn cli_lines(n: u64) -> impl Iterator<Item = String> {
     (1..=n).map(|i| format!("{{\"device_id\":\"cli\",\"seq\":{i}}}"))
 }
 
+/// `mosquitto_pub -l`: one QoS 1 message to `sensors/cli` per line of `stdin`.
+fn mosquitto_pub_lines(mosquitto_pub: &Path, port: &str, stdin: Stdio) -> Program {
+    let args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        port,
+        "-t",
+        "sensors/cli",
+        "-q",
+        "1",
+        "-l",
+    ];
+    Program::spawn(mosquitto_pub, &args, stdin)
+}
+
 #[test]
 fn mosquitto_pub_lines_all_reach_our_subscriber_while_its_stdin_stays_open() {
     let Some(mosquitto_pub) = peers::mosquitto_pub() else {
@@ -179,21 +195,7 @@ fn mosquitto_pub_lines_all_reach_our_subscriber_while_its_stdin_stays_open() {
     let n = N.to_string();
     let subscriber = Subscriber::start(broker.port, &["--count", &n, "--idle-timeout", "5"]);
     let port = broker.port_arg();
-    let mut feeder = Program::spawn(
-        &mosquitto_pub,
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "sensors/cli",
-            "-q",
-            "1",
-            "-l",
-        ],
-        Stdio::piped(),
-    );
+    let mut feeder = mosquitto_pub_lines(&mosquitto_pub, &port, Stdio::piped());
     let mut stdin = feeder.take_stdin();
     // Write from a thread (the pipe fills); hand the still open stdin back when done.
     let writer = std::thread::spawn(move || {
@@ -249,21 +251,8 @@ fn mosquitto_pub_exits_0_after_losing_a_wrap_of_message_ids_and_our_subscriber_c
     let n = N.to_string();
     let subscriber = Subscriber::start(broker.port, &["--count", &n, "--idle-timeout", "2"]);
     let port = broker.port_arg();
-    let mut feeder = Program::spawn(
-        &mosquitto_pub,
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "sensors/cli",
-            "-q",
-            "1",
-            "-l",
-        ],
-        Stdio::from(std::fs::File::open(&lines).unwrap()),
-    );
+    let lines = Stdio::from(std::fs::File::open(&lines).unwrap());
+    let mut feeder = mosquitto_pub_lines(&mosquitto_pub, &port, lines);
     let status = feeder.wait(Duration::from_secs(60));
     assert!(
         status.success(),
