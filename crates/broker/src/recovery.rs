@@ -27,6 +27,8 @@ const SUBACK_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 struct Restored {
     started: Instant,
+    /// From start to the sessions back in the router (the log read): when clients may come.
+    ready: Duration,
     sessions: usize,
     subscriptions: usize,
     retained: usize,
@@ -53,6 +55,7 @@ pub(crate) async fn restore(
     }
     let restored = Restored {
         started,
+        ready: started.elapsed(),
         sessions: recovered.sessions.len(),
         subscriptions,
         retained: recovered.retained.len(),
@@ -202,6 +205,7 @@ async fn feed(hub: Arc<Hub>, mut replay: Replay, restored: Restored) {
         .map(|s| s.dir().display().to_string())
         .unwrap_or_default();
     let took = restored.started.elapsed().as_secs_f64();
+    let ready = restored.ready.as_secs_f64();
     info!(
         sessions = restored.sessions,
         subscriptions = restored.subscriptions,
@@ -210,10 +214,12 @@ async fn feed(hub: Arc<Hub>, mut replay: Replay, restored: Restored) {
         records = restored.records,
         torn_bytes = restored.torn_bytes,
         skipped = restored.skipped,
+        ready_s = (ready * 1000.0).round() / 1000.0,
         took_s = (took * 1000.0).round() / 1000.0,
         "restored from {dir}: {} persistent sessions ({} subscriptions), {} retained messages, \
          {replayed} unacknowledged readings replayed, of {} log records read; {} damaged \
-         records skipped, {} torn bytes cut off; in {took:.2} s",
+         records skipped, {} torn bytes cut off; ready for clients after {ready:.2} s, \
+         replay done after {took:.2} s",
         restored.sessions,
         restored.subscriptions,
         restored.retained,

@@ -171,6 +171,9 @@ pub(crate) struct Storage {
     /// Persistent sessions' subscriptions, as the log says; `ack_from` as of the last
     /// checkpoint.
     book: Mutex<Book>,
+    /// One checkpoint written at a time (the periodic one and the last one may meet), never
+    /// an older one after a newer: the `next_id` of the last one written.
+    writing: Mutex<u64>,
     _lock: lock::DirLock,
 }
 
@@ -195,6 +198,7 @@ impl Storage {
             dir: config.dir.clone(),
             wal,
             book: Mutex::new(recovered.sessions.clone()),
+            writing: Mutex::new(0),
             _lock: lock,
         };
         Ok((storage, recovered))
@@ -314,7 +318,12 @@ impl Storage {
 
     /// Writes a checkpoint (blocking), then lets the log delete what it makes unneeded.
     pub(crate) fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StorageError> {
+        let mut written = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        if checkpoint.next_id < *written {
+            return Ok(());
+        }
         checkpoint.write(&self.dir)?;
+        *written = checkpoint.next_id;
         let oldest_unacked = checkpoint
             .sessions
             .values()
