@@ -73,7 +73,7 @@ fn next_publish(raw: &mut Raw) -> (u8, Vec<u8>, Vec<u8>) {
 
 #[test]
 fn a_broker_killed_twice_mid_run_delivers_every_reading_it_acknowledged() {
-    const N: u64 = 300_000;
+    const N: u64 = 1_000_000;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut first = broker("127.0.0.1:0", &data, &[]);
@@ -111,24 +111,24 @@ fn a_broker_killed_twice_mid_run_delivers_every_reading_it_acknowledged() {
             pub_report.to_str().unwrap(),
         ],
     );
-    // Flat out; killed once a third is through, and again at two thirds.
+    // Flat out; killed at 30% of the run, and again at 65%.
     let mut publisher_progress = |at: u64| {
         publisher.wait_for_stderr(
             &format!("Messages published: {at}\n"),
             Duration::from_secs(60),
         );
     };
-    publisher_progress(N / 3);
+    publisher_progress(300_000);
     kill(&mut first);
     let mut second = broker(&listen, &data, &[]);
     second
         .proc
         .wait_for_stderr("restored from", Duration::from_secs(30));
-    publisher_progress(2 * N / 3);
+    publisher_progress(650_000);
     kill(&mut second);
     let third = broker(&listen, &data, &[]);
 
-    let status = publisher.wait(Duration::from_secs(90));
+    let status = publisher.wait(Duration::from_secs(120));
     let published = support::read_json(&pub_report, &publisher);
     assert!(status.success(), "{published}\n{}", publisher.stderr());
     assert_eq!(num(&published, "acked"), N, "{published}");
@@ -300,4 +300,19 @@ fn a_lock_left_by_a_killed_broker_never_blocks_and_a_live_ones_does() {
     );
     kill(&mut live);
     let _next = broker("127.0.0.1:0", &data, &[]);
+}
+
+#[test]
+fn a_log_of_another_format_version_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("wal")).unwrap();
+    let mut header = b"MQTTWAL\0".to_vec();
+    header.extend_from_slice(&2u32.to_le_bytes());
+    std::fs::write(data.join("wal/00000000000000000001.wal"), header).unwrap();
+    let stderr = refused(&data, &[]);
+    assert!(
+        stderr.contains("written in storage format version 2, this broker reads version 1"),
+        "{stderr}"
+    );
 }

@@ -713,6 +713,32 @@ mod tests {
     }
 
     #[test]
+    fn a_readers_position_maps_to_the_record_id_at_that_offset() {
+        let mut flow = flow(100, 2);
+        flow.subscribe(client("p"), "t");
+        flow.created("t");
+        // Records 10, 11, then a QoS 0 message (the next record's id, 12), then 12.
+        for record in [10, 11, 12, 12] {
+            let Admission::Append(logs) = flow.admit(b"t") else {
+                panic!("admitted");
+            };
+            flow.append(&logs, 10, Some(record));
+        }
+        assert_eq!(flow.record_position(&client("p"), "t"), Some(10));
+        flow.advanced(&client("p"), "t", 2);
+        assert_eq!(flow.record_position(&client("p"), "t"), Some(12));
+        flow.advanced(&client("p"), "t", 4);
+        assert_eq!(flow.record_position(&client("p"), "t"), Some(u64::MAX));
+        assert_eq!(flow.record_position(&client("q"), "t"), None);
+        // While stored readings are fed back, new publishes wait.
+        flow.set_replaying(true);
+        assert_eq!(flow.admit(b"t"), Admission::Park(Park::Replaying));
+        assert!(matches!(flow.admit_stored(b"t"), Admission::Append(_)));
+        flow.set_replaying(false);
+        assert!(matches!(flow.admit(b"t"), Admission::Append(_)));
+    }
+
+    #[test]
     fn readers_of_shared_subscriptions_read_the_inner_filters_log() {
         assert_eq!(
             ReaderKey::of("c1", "$share/g/sensors/#"),
