@@ -13,7 +13,7 @@ use mqtt_protocol::timing::LatencySummary;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::scenario::{BrokerKind, Clients, Scenario};
+use crate::scenario::{BrokerKind, Clients, Scenario, Storage};
 
 /// The third-party programs a run may need.
 #[derive(Debug, Clone, Default)]
@@ -100,7 +100,7 @@ impl Scenario {
             });
         }
         let (mut broker, port) = match self.broker {
-            BrokerKind::Ours => start_our_broker(&self.bin_dir, dir)?,
+            BrokerKind::Ours => start_our_broker(&self.bin_dir, dir, self.storage)?,
             BrokerKind::Rumqttd => start_rumqttd(&self.bin_dir, dir)?,
             BrokerKind::Mosquitto => start_mosquitto(peers, dir)?,
             BrokerKind::NatsCluster => unreachable!("handled above"),
@@ -164,7 +164,7 @@ impl Scenario {
             "--report-json",
             path_str(&sub_report)?,
         ]);
-        if self.broker == BrokerKind::NatsCluster {
+        if self.broker == BrokerKind::NatsCluster || self.storage.is_some() {
             // A named client: a persistent session, whose subscription lives in the
             // cluster (a replicated JetStream consumer) and survives a node.
             sub_args.extend(strings(&["--client-id", "bench-subscriber"]));
@@ -334,13 +334,21 @@ impl Scenario {
     }
 }
 
-fn start_our_broker(bin_dir: &Path, dir: &Path) -> Result<(Proc, u16)> {
-    let mut broker = spawn(
-        "broker",
-        &bin_dir.join("mqtt-broker"),
-        &strings(&["--listen", "127.0.0.1:0"]),
-        dir,
-    )?;
+fn start_our_broker(bin_dir: &Path, dir: &Path, storage: Option<Storage>) -> Result<(Proc, u16)> {
+    let mut args = strings(&["--listen", "127.0.0.1:0"]);
+    if let Some(fsync) = storage.and_then(Storage::fsync) {
+        let config = dir.join("broker.toml");
+        std::fs::write(&config, format!("[storage]\nfsync = \"{fsync}\"\n"))
+            .context("while writing the broker's configuration")?;
+        let data = dir.join("data");
+        args.extend(strings(&[
+            "--config",
+            path_str(&config)?,
+            "--data-dir",
+            path_str(&data)?,
+        ]));
+    }
+    let mut broker = spawn("broker", &bin_dir.join("mqtt-broker"), &args, dir)?;
     let line = broker.first_stdout_line(Duration::from_secs(20))?;
     let port = line
         .strip_prefix("mqtt-broker listening on ")
