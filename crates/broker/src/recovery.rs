@@ -45,6 +45,9 @@ pub(crate) async fn restore(
     recovered: Recovered,
     started: Instant,
 ) -> Result<(), BrokerError> {
+    if recovered.records == 0 && recovered.sessions.is_empty() && recovered.retained.is_empty() {
+        return Ok(());
+    }
     for (topic, qos, payload) in &recovered.retained {
         hub.retained.publish(topic, payload, *qos);
     }
