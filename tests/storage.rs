@@ -208,6 +208,11 @@ fn killed_with_backlog(data: &Path, n: u64) {
     for i in 0..n {
         publish_acked(b.port, "t/x", format!("reading {i}").as_bytes(), false);
     }
+    // A checkpoint is written once a second: wait for the first, so there is one to damage.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !data.join("state").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     kill(&mut b);
 }
 
