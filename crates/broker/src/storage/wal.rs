@@ -392,3 +392,57 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn appends_are_committed_in_segments_and_read_segments_are_deleted() {
+        let dir = std::env::temp_dir().join(format!("mqtt-wal-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = WriterConfig {
+            wal_dir: dir.clone(),
+            fsync: FsyncMode::Never,
+            fsync_interval: Duration::from_millis(100),
+            // Segments of 1 MiB (a quarter of it, at least 1 MiB).
+            max_bytes: 4 << 20,
+            segments: Vec::new(),
+        };
+        let wal = Wal::start(config, 1).unwrap();
+        let payload = [7u8; 100];
+        let mut last = 0;
+        for _ in 0..20_000 {
+            last = wal.append(&Entry::Publish {
+                qos: 1,
+                retain: false,
+                routed: true,
+                topic: b"t",
+                payload: &payload,
+            });
+        }
+        assert_eq!(last, 20_000);
+        wait_for("the commit", || wal.committed() == 20_001);
+        // Segments roll only between batches: a new one starts once the last is full.
+        for _ in 0..3 {
+            wal.append(&Entry::Forget { client: "c" });
+            let next = wal.next_id();
+            wait_for("the commit", || wal.committed() == next);
+        }
+        let segments = list_segments(&dir).unwrap();
+        assert!(segments.len() >= 2, "{segments:?}");
+        wal.delete_below(wal.next_id());
+        wait_for("the deletion", || list_segments(&dir).unwrap().len() == 1);
+        wal.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
