@@ -56,7 +56,7 @@ fn the_quick_benchmark_runs_every_row_and_writes_its_results() {
     )
     .expect("bench.json is JSON");
     let rows = json["rows"].as_array().expect("rows");
-    for group in ["pipeline", "payload", "devices", "latency"] {
+    for group in ["pipeline", "payload", "devices", "latency", "storage"] {
         assert!(
             rows.iter().any(|r| r["group"] == group),
             "no {group} row: {json}"

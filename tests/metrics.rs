@@ -93,6 +93,11 @@ fn metrics_after_a_run_count_every_message_in_prometheus_format() {
         scrape.samples
     );
     assert!(value(&scrape, "process_resident_memory_bytes", None).unwrap() > 1e6);
+    assert_eq!(
+        value(&scrape, "mqtt_stored_bytes", None),
+        None,
+        "in memory: nothing stored"
+    );
     let docs = &scrape.docs;
     assert!(
         docs.contains_key("mqtt_messages_sent_total"),
@@ -112,4 +117,40 @@ fn metrics_after_a_run_count_every_message_in_prometheus_format() {
         "{}",
         plain.proc.stdout()
     );
+}
+
+#[test]
+fn with_storage_the_write_ahead_logs_size_on_disk_is_served() {
+    const N: u64 = 10_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let metrics_port = closed_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let broker = Broker::start_with(&[
+        "--metrics-listen",
+        &listen,
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+    ]);
+    let count = N.to_string();
+    // Readings that match no subscription are delivered to no one, and not stored.
+    let subscriber = Subscriber::start(broker.port, &["--count", &count]);
+    let (status, _, stderr) = publish(broker.port, &["--count", &count], Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    let (status, report) = subscriber.finish(Duration::from_secs(60));
+    assert!(status.success(), "{report}");
+    // Each reading is at least its 61-byte payload on disk; the gauge is copied once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = value(&scrape(metrics_port), "mqtt_stored_bytes", None).unwrap_or(0.0);
+        if stored > (N * 61) as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mqtt_stored_bytes never passed {}: {stored}",
+            N * 61
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -225,6 +225,11 @@ impl Broker {
         Self::spawn(&args)
     }
 
+    /// A broker with exactly these arguments (which must include `--listen`).
+    pub fn start_exact(args: &[&str]) -> Broker {
+        Self::spawn(args)
+    }
+
     fn spawn(args: &[&str]) -> Broker {
         let mut proc = Proc::spawn("mqtt-broker", args);
         let line = proc.stdout_line(Duration::from_secs(20));

@@ -17,6 +17,7 @@ fn color(group: &str) -> RGBColor {
         "payload" => RGBColor(0xdd, 0x6b, 0x20),
         "devices" => RGBColor(0x38, 0xa1, 0x69),
         "latency" => RGBColor(0x80, 0x5a, 0xd5),
+        "storage" => RGBColor(0xc5, 0x30, 0x30),
         _ => RGBColor(0x71, 0x80, 0x96),
     }
 }

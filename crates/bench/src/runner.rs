@@ -13,7 +13,7 @@ use mqtt_protocol::timing::LatencySummary;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::scenario::{BrokerKind, Clients, Scenario};
+use crate::scenario::{BrokerKind, Clients, Scenario, Storage};
 
 /// The third-party programs a run may need.
 #[derive(Debug, Clone, Default)]
@@ -100,7 +100,7 @@ impl Scenario {
             });
         }
         let (mut broker, port) = match self.broker {
-            BrokerKind::Ours => start_our_broker(&self.bin_dir, dir)?,
+            BrokerKind::Ours => start_our_broker(&self.bin_dir, dir, self.storage)?,
             BrokerKind::OursWebSocket => start_our_websocket_broker(&self.bin_dir, dir)?,
             BrokerKind::Rumqttd => start_rumqttd(&self.bin_dir, dir)?,
             BrokerKind::Mosquitto => start_mosquitto(peers, dir)?,
@@ -171,7 +171,7 @@ impl Scenario {
             _ => &[],
         };
         sub_args.extend_from_slice(transport);
-        if self.broker == BrokerKind::NatsCluster {
+        if self.broker == BrokerKind::NatsCluster || self.storage.is_some() {
             // A named client: a persistent session, whose subscription lives in the
             // cluster (a replicated JetStream consumer) and survives a node.
             sub_args.extend(strings(&["--client-id", "bench-subscriber"]));
@@ -342,14 +342,23 @@ impl Scenario {
     }
 }
 
-fn start_our_broker(bin_dir: &Path, dir: &Path) -> Result<(Proc, u16)> {
+fn start_our_broker(bin_dir: &Path, dir: &Path, storage: Option<Storage>) -> Result<(Proc, u16)> {
+    let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+    if let Some(fsync) = storage.and_then(Storage::fsync) {
+        let config = dir.join("broker.toml");
+        std::fs::write(&config, format!("[storage]\nfsync = \"{fsync}\"\n"))
+            .context("while writing the broker's configuration")?;
+        let data = dir.join("data");
+        args.extend(strings(&[
+            "--config",
+            path_str(&config)?,
+            "--data-dir",
+            path_str(&data)?,
+        ]));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let program = bin_dir.join("mqtt-broker");
-    start_listening(
-        &program,
-        &["--listen", "127.0.0.1:0"],
-        "mqtt-broker listening on ",
-        dir,
-    )
+    start_listening(&program, &args, "mqtt-broker listening on ", dir)
 }
 
 /// Our broker with a WebSocket listener too: the WebSocket port, from the broker's

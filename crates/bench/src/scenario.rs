@@ -46,12 +46,38 @@ pub struct Scenario {
     pub clients: Clients,
     /// Readings the subscriber must verify (over all devices).
     pub messages: u64,
+    /// Our broker keeps a write-ahead log with this `fsync` mode (`--data-dir`), and the
+    /// subscriber is a persistent session (`--client-id`) whose readings it stores.
+    pub storage: Option<Storage>,
     /// Directory of our binaries for this row.
     #[serde(skip)]
     pub bin_dir: PathBuf,
     /// Directory of the publisher for this row (the "before" row swaps only it).
     #[serde(skip)]
     pub publisher_dir: PathBuf,
+}
+
+/// How a row uses the broker's write-ahead log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// In memory, but with the persistent subscriber the log rows have: their baseline.
+    Memory,
+    Interval,
+    Always,
+    Never,
+}
+
+impl Storage {
+    /// The `[storage] fsync` value, for the log modes.
+    pub fn fsync(self) -> Option<&'static str> {
+        match self {
+            Storage::Memory => None,
+            Storage::Interval => Some("interval"),
+            Storage::Always => Some("always"),
+            Storage::Never => Some("never"),
+        }
+    }
 }
 
 /// Sizes of the benchmark.
@@ -82,6 +108,7 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
         broker,
         clients,
         messages,
+        storage: None,
         bin_dir: plan.bin_dir.clone(),
         publisher_dir: plan.bin_dir.clone(),
     };
@@ -186,6 +213,24 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
             ),
             per_device * devices,
         ));
+    }
+    // The write-ahead log: each fsync mode against the in-memory broker, all with a
+    // persistent subscriber (whose readings the log keeps).
+    for (storage, label) in [
+        (Storage::Memory, "ours in memory, persistent subscriber"),
+        (Storage::Interval, "ours, write-ahead log, fsync = interval"),
+        (Storage::Always, "ours, write-ahead log, fsync = always"),
+        (Storage::Never, "ours, write-ahead log, fsync = never"),
+    ] {
+        let mut r = row(
+            "storage",
+            label.into(),
+            BrokerKind::Ours,
+            ours(&["--payload-size", "100"], count(n)),
+            n,
+        );
+        r.storage = Some(storage);
+        rows.push(r);
     }
     let paced = if plan.quick { 10_000 } else { 50_000 };
     rows.push(row(

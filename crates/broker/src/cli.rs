@@ -57,6 +57,16 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR:PORT", env = "MQTT_BROKER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Keep a write-ahead log in DIR (created if missing): acknowledged readings, persistent
+    /// sessions and retained messages survive a crash of the broker ([storage] dir).
+    #[arg(long, value_name = "DIR", env = "MQTT_BROKER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Start even if the storage directory holds damaged records: skip them (they are
+    /// counted in the restore line) and rewrite the files without them.
+    #[arg(long)]
+    pub repair: bool,
+
     /// Check the configuration (and the TLS, password and ACL files it names), print the
     /// addresses the broker would listen on, and exit.
     #[arg(long)]
@@ -90,6 +100,7 @@ fn after_help() -> String {
         "Examples:\n  mqtt-broker                          # config/broker.toml, 127.0.0.1:1883\n  \
          mqtt-broker --listen 127.0.0.1:0     # any free port\n  \
          mqtt-broker --config my.toml --check-config\n  \
+         mqtt-broker --data-dir data          # survive a crash: write-ahead log in data/\n  \
          mqtt-broker passwd config/passwd alice    # then: --password-file config/passwd\n  \
          mqtt-broker gen-certs certs          # then: --tls-cert certs/server.pem (and --tls-key)\n  \
          mqtt-broker --ws-listen 127.0.0.1:8080    # also MQTT over WebSockets at ws://127.0.0.1:8080/mqtt\n\n\

@@ -39,6 +39,61 @@ pub struct BrokerConfig {
     pub flow: FlowSettings,
     pub metrics: MetricsConfig,
     pub websocket: WebSocketConfig,
+    pub storage: StorageSettings,
+}
+
+/// `[storage]`: the write-ahead log that lets acknowledged readings, persistent sessions and
+/// retained messages survive a crash; off (everything in memory) unless `dir` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// The storage directory (created if missing).
+    pub dir: Option<PathBuf>,
+    /// When the log is synced to disk.
+    pub fsync: FsyncMode,
+    /// How often `fsync = "interval"` syncs, in milliseconds.
+    pub fsync_interval_ms: u64,
+    /// The most bytes the log may take on disk; beyond, its oldest segments go, read or not.
+    pub max_bytes: u64,
+    /// Skip damaged records instead of refusing to start (`--repair`; not a file setting).
+    #[serde(skip)]
+    pub repair: bool,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            dir: None,
+            fsync: FsyncMode::Interval,
+            fsync_interval_ms: 100,
+            max_bytes: 4 << 30,
+            repair: false,
+        }
+    }
+}
+
+/// When the write-ahead log is synced to disk, and so what an acknowledged reading survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    /// Each batch is synced before its PUBACKs go: survives a power loss.
+    Always,
+    /// PUBACKs wait for the write; syncs every `fsync_interval_ms`: survives a process
+    /// crash, and a power loss but for the last interval.
+    #[default]
+    Interval,
+    /// PUBACKs wait for the write; the kernel syncs when it pleases: survives a process crash.
+    Never,
+}
+
+impl fmt::Display for FsyncMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FsyncMode::Always => "always",
+            FsyncMode::Interval => "interval",
+            FsyncMode::Never => "never",
+        })
+    }
 }
 
 /// `[websocket]`: MQTT over WebSockets (MQTT 3.1.1 section 6), off unless `address` is set.
@@ -314,7 +369,20 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let c = &self.connections;
         let r = &self.router;
-        let checks: [(&'static str, u64, bool, &'static str); 13] = [
+        let st = &self.storage;
+        let checks: [(&'static str, u64, bool, &'static str); 15] = [
+            (
+                "[storage] fsync_interval_ms",
+                st.fsync_interval_ms,
+                (1..=60_000).contains(&st.fsync_interval_ms),
+                "must be between 1 and 60000",
+            ),
+            (
+                "[storage] max_bytes",
+                st.max_bytes,
+                st.max_bytes >= 16 << 20,
+                "must be at least 16777216 (16 MiB)",
+            ),
             (
                 "[connections] connection_timeout_ms",
                 u64::from(c.connection_timeout_ms),
@@ -482,6 +550,18 @@ impl BrokerConfig {
             max_segment_size: self.router.max_segment_size as u64,
             max_segment_count: self.router.max_segment_count,
         }
+    }
+
+    /// Storage, if a directory is set.
+    pub(crate) fn storage_config(&self) -> Option<crate::storage::StorageConfig> {
+        let s = &self.storage;
+        s.dir.as_ref().map(|dir| crate::storage::StorageConfig {
+            dir: dir.clone(),
+            fsync: s.fsync,
+            fsync_interval: Duration::from_millis(s.fsync_interval_ms),
+            max_bytes: s.max_bytes,
+            repair: s.repair,
+        })
     }
 
     /// What one client may have held back.

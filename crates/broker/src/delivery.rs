@@ -242,6 +242,12 @@ impl Delivery {
 }
 
 impl Saved {
+    /// What a restored persistent session left behind: each subscription and where its
+    /// reader starts.
+    pub(crate) fn at(subs: Vec<(String, Option<u64>)>) -> Saved {
+        Saved { subs }
+    }
+
     /// Each subscription and where the router resumes it (if known).
     pub(crate) fn positions(&self) -> impl Iterator<Item = (&str, Option<u64>)> {
         self.subs

@@ -37,4 +37,8 @@ pub enum BrokerError {
     NoListener,
     #[error("rumqttd's router has stopped; the broker cannot route messages")]
     RouterGone,
+    #[error("{0}")]
+    Storage(crate::storage::StorageError),
+    #[error("the write-ahead log could not be written (see the error above); the broker stopped")]
+    StorageFailed,
 }

@@ -103,6 +103,11 @@ struct Log {
     readers: HashMap<ReaderKey, Reader>,
     /// Connections with publishes parked for this log.
     waiters: Vec<Arc<Notify>>,
+    /// With storage: the record id of each message from offset `ids_base` on, as far back as
+    /// a reader may still need (see `storage`); a message without a record of its own (QoS 0)
+    /// has the id the next record got.
+    ids: VecDeque<u64>,
+    ids_base: u64,
     /// Since when publishers are held for it.
     holding_since: Option<Instant>,
     /// When a holding period of it was last logged, and whether the current one was.
@@ -139,6 +144,8 @@ pub(crate) enum Park {
     Creating(FilterId),
     /// A reader has not finished the segment the next append would drop.
     Full(FilterId),
+    /// Stored readings are being fed back after a restart; new publishes come after them.
+    Replaying,
 }
 
 /// What to do with a publish.
@@ -175,6 +182,9 @@ pub(crate) struct Flow {
     by_filter: HashMap<String, FilterId>,
     /// The logs each topic seen so far goes to.
     routes: HashMap<Vec<u8>, Vec<FilterId>>,
+    /// Stored readings are being fed back: new publishes wait (see `storage`).
+    replaying: bool,
+    replay_waiters: Vec<Arc<Notify>>,
 }
 
 impl Flow {
@@ -184,6 +194,8 @@ impl Flow {
             logs: Vec::new(),
             by_filter: HashMap::new(),
             routes: HashMap::new(),
+            replaying: false,
+            replay_waiters: Vec::new(),
         }
     }
 
@@ -200,6 +212,8 @@ impl Flow {
                     ready: false,
                     appended: 0,
                     segments: VecDeque::from([(0, 0)]),
+                    ids: VecDeque::new(),
+                    ids_base: 0,
                     readers: HashMap::new(),
                     waiters: Vec::new(),
                     holding_since: None,
@@ -315,6 +329,14 @@ impl Flow {
 
     /// Decides about one publish to `topic`.
     pub(crate) fn admit(&mut self, topic: &[u8]) -> Admission {
+        if self.replaying {
+            return Admission::Park(Park::Replaying);
+        }
+        self.admit_stored(topic)
+    }
+
+    /// Decides about one stored publish fed back after a restart.
+    pub(crate) fn admit_stored(&mut self, topic: &[u8]) -> Admission {
         let logs = self.route(topic);
         if logs.is_empty() {
             return Admission::NoSubscriber;
@@ -331,9 +353,26 @@ impl Flow {
         Admission::Append(logs)
     }
 
-    /// Appends one message of `size` counted bytes to `logs`, as the router will.
-    pub(crate) fn append(&mut self, logs: &[FilterId], size: u64) {
+    /// Whether stored readings are being fed back.
+    pub(crate) fn replaying(&self) -> bool {
+        self.replaying
+    }
+
+    /// New publishes wait while stored ones are fed back (`true`), or go on (`false`).
+    pub(crate) fn set_replaying(&mut self, replaying: bool) {
+        self.replaying = replaying;
+        if !replaying {
+            wake(&mut self.replay_waiters);
+        }
+    }
+
+    /// Appends one message of `size` counted bytes to `logs`, as the router will; with
+    /// storage, `record` is its record id.
+    pub(crate) fn append(&mut self, logs: &[FilterId], size: u64, record: Option<u64>) {
         for &id in logs {
+            if let Some(record) = record {
+                self.track_record(id, record);
+            }
             let max_size = self.config.max_segment_size;
             let max_count = self.config.max_segment_count;
             let log = &mut self.logs[id];
@@ -358,7 +397,15 @@ impl Flow {
     /// worth if this starts a holding period and none was logged for the log in the last
     /// [`ANNOUNCE_EVERY`].
     pub(crate) fn park(&mut self, park: &Park, waiter: &Arc<Notify>) -> Option<Change> {
-        let (Park::Creating(id) | Park::Full(id)) = *park;
+        let id = match *park {
+            Park::Creating(id) | Park::Full(id) => id,
+            Park::Replaying => {
+                if !self.replay_waiters.iter().any(|w| Arc::ptr_eq(w, waiter)) {
+                    self.replay_waiters.push(Arc::clone(waiter));
+                }
+                return None;
+            }
+        };
         let log = &mut self.logs[id];
         if !log.waiters.iter().any(|w| Arc::ptr_eq(w, waiter)) {
             log.waiters.push(Arc::clone(waiter));
@@ -484,6 +531,43 @@ impl Flow {
         position < kept_from
     }
 
+    /// Keeps `record` as the id at the log's next offset, and forgets ids no reader needs:
+    /// those before every reader's position, or before the router's oldest segment.
+    fn track_record(&mut self, id: FilterId, record: u64) {
+        let log = &mut self.logs[id];
+        log.ids.push_back(record);
+        if log.ids.len() & 4095 != 0 {
+            return;
+        }
+        let oldest_kept = log
+            .segments
+            .front()
+            .map_or(log.appended, |&(start, _)| start);
+        let slowest = log
+            .readers
+            .values()
+            .map(|r| r.position)
+            .min()
+            .unwrap_or(log.appended);
+        let needed = slowest.max(oldest_kept);
+        while log.ids_base < needed && log.ids.pop_front().is_some() {
+            log.ids_base += 1;
+        }
+    }
+
+    /// The first record id `reader` of `filter` has not acknowledged, if flow control can
+    /// tell (`u64::MAX`: it has read everything so far).
+    pub(crate) fn record_position(&self, reader: &ReaderKey, filter: &str) -> Option<u64> {
+        let &id = self.by_filter.get(filter)?;
+        let log = &self.logs[id];
+        let position = log.readers.get(reader)?.position;
+        if position >= log.appended {
+            return Some(u64::MAX);
+        }
+        let index = position.checked_sub(log.ids_base)?;
+        log.ids.get(usize::try_from(index).ok()?).copied()
+    }
+
     /// Wakes the log's parked publishers if nothing holds them any more.
     fn check_release(&mut self, id: FilterId) {
         if self.logs[id].waiters.is_empty() {
@@ -523,7 +607,7 @@ mod tests {
     fn fill(flow: &mut Flow, topic: &[u8], size: u64, max: usize) -> usize {
         for n in 0..max {
             match flow.admit(topic) {
-                Admission::Append(logs) => flow.append(&logs, size),
+                Admission::Append(logs) => flow.append(&logs, size, None),
                 _ => return n,
             }
         }
@@ -625,6 +709,32 @@ mod tests {
         flow.created("t");
         assert_eq!(fill(&mut flow, b"t", 10, 500), 500);
         assert_eq!(flow.lags(), vec![("t".to_owned(), 500)]);
+    }
+
+    #[test]
+    fn a_readers_position_maps_to_the_record_id_at_that_offset() {
+        let mut flow = flow(100, 2);
+        flow.subscribe(client("p"), "t");
+        flow.created("t");
+        // Records 10, 11, then a QoS 0 message (the next record's id, 12), then 12.
+        for record in [10, 11, 12, 12] {
+            let Admission::Append(logs) = flow.admit(b"t") else {
+                panic!("admitted");
+            };
+            flow.append(&logs, 10, Some(record));
+        }
+        assert_eq!(flow.record_position(&client("p"), "t"), Some(10));
+        flow.advanced(&client("p"), "t", 2);
+        assert_eq!(flow.record_position(&client("p"), "t"), Some(12));
+        flow.advanced(&client("p"), "t", 4);
+        assert_eq!(flow.record_position(&client("p"), "t"), Some(u64::MAX));
+        assert_eq!(flow.record_position(&client("q"), "t"), None);
+        // While stored readings are fed back, new publishes wait.
+        flow.set_replaying(true);
+        assert_eq!(flow.admit(b"t"), Admission::Park(Park::Replaying));
+        assert!(matches!(flow.admit_stored(b"t"), Admission::Append(_)));
+        flow.set_replaying(false);
+        assert!(matches!(flow.admit(b"t"), Admission::Append(_)));
     }
 
     #[test]

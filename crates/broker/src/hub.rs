@@ -144,6 +144,8 @@ pub(crate) struct Hub {
     pub flow: Mutex<Flow>,
     pub retained: RetainedStore,
     pub sessions: Sessions,
+    /// The write-ahead log and checkpoints, with `[storage] dir` (see `storage`).
+    pub storage: Option<crate::storage::Storage>,
     pub stats: Stats,
     /// One WARN line per refused or disconnected client, rate-limited.
     pub log: log::Budget,

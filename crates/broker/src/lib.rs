@@ -22,10 +22,12 @@ pub mod logging;
 mod noise;
 mod packet;
 mod prometheus;
+mod recovery;
 mod retained;
 mod router;
 mod server;
 mod sessions;
+mod storage;
 pub mod tls;
 mod websocket;
 
@@ -33,3 +35,4 @@ pub use config::BrokerConfig;
 pub use error::BrokerError;
 pub use router::install_router_panic_hook;
 pub use server::{run, start, RunningBroker, READY_PREFIX, READY_TLS_PREFIX, READY_WS_PREFIX};
+pub use storage::StorageError;

@@ -60,6 +60,10 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
     if let Some(addr) = cli.ws_listen {
         config.websocket.address = Some(addr);
     }
+    if let Some(dir) = cli.data_dir {
+        config.storage.dir = Some(dir);
+    }
+    config.storage.repair = cli.repair;
     if let Some(addr) = cli.metrics_listen {
         config.metrics.listen = Some(addr);
     }
@@ -88,6 +92,9 @@ fn broker(cli: cli::Cli) -> anyhow::Result<()> {
         }
         if let Some(metrics) = config.metrics.listen {
             addresses.push(format!("{metrics} (metrics)"));
+        }
+        if let Some(dir) = &config.storage.dir {
+            addresses.push(format!("keep a write-ahead log in {}", dir.display()));
         }
         println!("{source}: ok, would listen on {}", addresses.join(" and "));
         return Ok(());

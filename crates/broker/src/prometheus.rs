@@ -93,6 +93,11 @@ fn describe() {
         "Messages the slowest subscriber of each subscription filter has yet to read."
     );
     describe_gauge!(
+        "mqtt_stored_bytes",
+        Unit::Bytes,
+        "Bytes the write-ahead log takes on disk (only with [storage] dir)."
+    );
+    describe_gauge!(
         "process_resident_memory_bytes",
         Unit::Bytes,
         "Resident memory of the broker process."
@@ -122,6 +127,9 @@ fn update(hub: &Hub) {
         .absolute(load(&s.denied_publish));
     counter!("mqtt_messages_refused_total", "reason" => "acl_read").absolute(load(&s.denied_read));
     // The exporter's counters are whole numbers: milliseconds would need another name.
+    if let Some(storage) = &hub.storage {
+        gauge!("mqtt_stored_bytes").set(storage.stored_bytes() as f64);
+    }
     counter!("mqtt_flow_held_seconds_total").absolute(hub.held().as_secs());
     for (filter, lag) in hub.lock_flow().lags() {
         gauge!("mqtt_flow_lag_messages", "filter" => filter).set(lag as f64);

@@ -54,6 +54,14 @@ impl RetainedStore {
             .collect()
     }
 
+    /// Every retained message, by topic, for a checkpoint.
+    pub(crate) fn snapshot(&self) -> BTreeMap<Bytes, (u8, Bytes)> {
+        self.lock()
+            .values()
+            .map(|m| (m.topic.clone(), (m.qos, m.payload.clone())))
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Retained>> {
         self.messages.lock().unwrap_or_else(PoisonError::into_inner)
     }

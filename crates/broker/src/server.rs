@@ -25,7 +25,8 @@ use crate::listener::Transport;
 use crate::retained::RetainedStore;
 use crate::router::Router;
 use crate::sessions::Sessions;
-use crate::{listener, log, prometheus};
+use crate::storage::Storage;
+use crate::{listener, log, prometheus, recovery};
 
 /// What `run` prints on stdout, followed by the socket address, once the broker accepts
 /// connections. Scripts and tests parse this line.
@@ -112,6 +113,32 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         }
     }
 
+    let started = Instant::now();
+    let opened = match config.storage_config() {
+        Some(storage) => {
+            let (storage, recovered) = Storage::open(&storage).map_err(BrokerError::Storage)?;
+            info!(
+                dir = %storage.dir().display(),
+                fsync = %config.storage.fsync,
+                "keeping a write-ahead log in {}: acknowledged readings, persistent sessions \
+                 and retained messages survive a crash",
+                storage.dir().display()
+            );
+            Some((storage, recovered))
+        }
+        None => {
+            info!(
+                "no [storage] dir (--data-dir): running in memory only; a crash loses the \
+                 readings it acknowledged but had not delivered, persistent sessions and \
+                 retained messages"
+            );
+            None
+        }
+    };
+    let (storage, recovered) = match opened {
+        Some((storage, recovered)) => (Some(storage), Some(recovered)),
+        None => (None, None),
+    };
     let router = Router::spawn(config.router_config());
     let ingest = Ingest::open(&router)
         .await
@@ -126,13 +153,23 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         flow: Mutex::new(Flow::new(config.flow_config())),
         retained: RetainedStore::default(),
         sessions: Sessions::default(),
+        storage,
         stats: Stats::default(),
         log: log::Budget::default(),
         cut_off: CancellationToken::new(),
         router_gone: CancellationToken::new(),
     });
+    if let Some(recovered) = recovered {
+        recovery::restore(&hub, recovered, started).await?;
+    }
     let stop_accepting = CancellationToken::new();
     tokio::spawn(watch_flow(Arc::clone(&hub), stop_accepting.clone()));
+    if hub.storage.is_some() {
+        tokio::spawn(recovery::checkpoints(
+            Arc::clone(&hub),
+            stop_accepting.clone(),
+        ));
+    }
     if let Some(addr) = config.metrics.listen {
         // The exporter binds before it returns: a taken port is an error here.
         prometheus::serve(Arc::clone(&hub), addr, stop_accepting.clone())?;
@@ -231,11 +268,20 @@ impl RunningBroker {
     /// Serves until `shutdown` is cancelled (then `Ok`), or until the router is found gone
     /// (an error: the broker is no longer a broker).
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
+        let storage_failed = self.hub.storage.as_ref().map(|s| s.failed());
+        let storage_failed = async {
+            match storage_failed {
+                Some(failed) => failed.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => {}
             () = self.hub.router_gone.cancelled() => return Err(BrokerError::RouterGone),
+            () = storage_failed => return Err(BrokerError::StorageFailed),
         }
         self.drain().await;
+        recovery::close(&self.hub);
         let dropped = self.hub.dropped();
         let peak_rss_mib = peak_rss_kib().map(|kib| kib / 1024);
         let held_s = (self.hub.held().as_secs_f64() * 10.0).round() / 10.0;

@@ -50,6 +50,9 @@ const OUTBOX: usize = 64;
 pub(crate) enum Outbound {
     /// Encoded packets of ours for the client (acknowledgements, PINGRESP, refusals).
     Bytes(bytes::Bytes),
+    /// The same, to go once the write-ahead log has committed every record below the id
+    /// (they acknowledge publishes it holds).
+    Committed(u64, bytes::Bytes),
     /// The client acknowledged these messages sent under the broker's window.
     Acked(Vec<u16>),
 }
@@ -299,6 +302,11 @@ where
     let Some(Packet::ConnAck(connack, _)) = Option::<Packet>::from(link.connack.clone()) else {
         return;
     };
+    if accepted.clean_session {
+        if let Some(storage) = &hub.storage {
+            storage.forget(&router_id);
+        }
+    }
     let saved = match (accepted.clean_session, connack.session_present) {
         (false, true) => hub.sessions.take_saved(&router_id),
         _ => {
@@ -361,7 +369,8 @@ where
     let (outbox_tx, mut outbox_rx) = mpsc::channel(OUTBOX);
     let (read_half, write_half) = tokio::io::split(stream);
     let close = {
-        let mut writer = writer::Writer::new(&mut delivery, window);
+        let committed = hub.storage.as_ref().map(|s| s.watch_committed());
+        let mut writer = writer::Writer::new(&mut delivery, window, committed);
         let reader = reader::run(&conn, read_half, accepted.rest, &outbox_tx, subscribed);
         let writer = writer::run(&conn, write_half, &mut link.rx, &mut outbox_rx, &mut writer);
         tokio::select! {
@@ -421,7 +430,11 @@ async fn fire_will(hub: &Hub, will: Will) {
         return;
     }
     if will.retain {
+        let _flow = hub.lock_flow();
         hub.retained.publish(&will.topic, &will.message, will.qos);
+        if let Some(storage) = &hub.storage {
+            storage.publish(&will.topic, &will.message, will.qos, true, false);
+        }
     }
     let message = Message {
         topic: will.topic,
@@ -434,7 +447,14 @@ async fn fire_will(hub: &Hub, will: Will) {
             match flow.admit(&message.topic) {
                 Admission::NoSubscriber => return,
                 Admission::Append(logs) => {
-                    flow.append(&logs, message.counted_size());
+                    let record = hub.storage.as_ref().map(|storage| {
+                        if will.qos > 0 {
+                            storage.publish(&message.topic, &message.payload, will.qos, false, true)
+                        } else {
+                            storage.next_id()
+                        }
+                    });
+                    flow.append(&logs, message.counted_size(), record);
                     if hub.ingest.submit(&mut vec![message]).is_err() {
                         hub.router_gone.cancel();
                     }

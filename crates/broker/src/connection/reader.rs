@@ -74,6 +74,9 @@ struct Reader<'c, 'h> {
     to_ingest: Vec<Message>,
     /// Encoded packets of ours for the client (acknowledgements), this batch.
     replies: BytesMut,
+    /// With storage: the replies wait until the log has committed every record below this
+    /// (their publishes'); 0 when they need not wait.
+    replies_after: u64,
     /// The client's acknowledgements of messages sent under the broker's window, this batch.
     window_acks: Vec<u16>,
     /// QoS 2 packet ids received and not yet released (PUBREL): a resend is not delivered
@@ -100,6 +103,7 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
         to_router: Vec::new(),
         to_ingest: Vec::new(),
         replies: BytesMut::new(),
+        replies_after: 0,
         window_acks: Vec::new(),
         qos2: HashSet::new(),
         subscribed,
@@ -320,7 +324,16 @@ impl Reader<'_, '_> {
         self.before_barrier()?;
         let mut flow = self.conn.hub.lock_flow();
         let mut filters = Vec::with_capacity(granted.len());
+        let storage = self
+            .conn
+            .hub
+            .storage
+            .as_ref()
+            .filter(|_| self.conn.persistent);
         for filter in &granted {
+            if let Some(storage) = storage {
+                storage.subscribed(&self.conn.router_id, &filter.path, filter.qos as u8);
+            }
             let start = if self.subscribed.insert(filter.path.clone()) {
                 let (reader, log) = ReaderKey::of(&self.conn.router_id, &filter.path);
                 Some(flow.subscribe(reader, &log))
@@ -345,7 +358,16 @@ impl Reader<'_, '_> {
             return Err(Close::Violation("malformed UNSUBSCRIBE"));
         };
         let mut held = Vec::new();
+        let storage = self
+            .conn
+            .hub
+            .storage
+            .as_ref()
+            .filter(|_| self.conn.persistent);
         for filter in &unsubscribe.filters {
+            if let Some(storage) = storage {
+                storage.unsubscribed(&self.conn.router_id, filter);
+            }
             if self.subscribed.remove(filter) {
                 held.push(filter.clone());
             }
@@ -390,16 +412,13 @@ impl Reader<'_, '_> {
         let hub = self.conn.hub;
         let mut flow = hub.lock_flow();
         while let Some(front) = self.held.front() {
-            let deliver = match &front.message {
-                None => false,
+            let logs = match &front.message {
+                None => None,
                 Some(message) => match flow.admit(&message.topic) {
-                    Admission::Append(logs) => {
-                        flow.append(&logs, message.counted_size());
-                        true
-                    }
+                    Admission::Append(logs) => Some(logs),
                     Admission::NoSubscriber => {
                         hub.stats.no_subscriber.fetch_add(1, Ordering::Relaxed);
-                        false
+                        None
                     }
                     Admission::Park(park) => {
                         if let Some(Change::Holding {
@@ -432,7 +451,26 @@ impl Reader<'_, '_> {
                     hub.retained
                         .publish(&message.topic, &message.payload, accepted.qos);
                 }
-                if deliver {
+                // Logged before its acknowledgement can go, in the router's order.
+                let record = hub.storage.as_ref().map(|storage| {
+                    let stored = accepted.retain || (logs.is_some() && accepted.qos > 0);
+                    if !stored {
+                        return (storage.next_id(), false);
+                    }
+                    let id = storage.publish(
+                        &message.topic,
+                        &message.payload,
+                        accepted.qos,
+                        accepted.retain,
+                        logs.is_some(),
+                    );
+                    (id, true)
+                });
+                if let Some((id, true)) = record {
+                    self.replies_after = id + 1;
+                }
+                if let Some(logs) = logs {
+                    flow.append(&logs, message.counted_size(), record.map(|(id, _)| id));
                     self.to_ingest.push(message);
                 }
             }
@@ -467,7 +505,14 @@ impl Reader<'_, '_> {
         self.conn.to_router(self.to_router.drain(..))?;
         self.release_held()?;
         if !self.replies.is_empty() {
-            let replies = Outbound::Bytes(self.replies.split().freeze());
+            let bytes = self.replies.split().freeze();
+            let after = std::mem::take(&mut self.replies_after);
+            let committed = self.conn.hub.storage.as_ref().map_or(0, |s| s.committed());
+            let replies = if after > committed {
+                Outbound::Committed(after, bytes)
+            } else {
+                Outbound::Bytes(bytes)
+            };
             if outbox.send(replies).await.is_err() {
                 return Err(Close::WriterGone);
             }

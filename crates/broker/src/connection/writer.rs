@@ -7,7 +7,9 @@
 //! completed here: a SUBACK gets the codes of the filters the reader refused, and of the
 //! router's UNSUBACKs for one UNSUBSCRIBE (one per filter) only the last goes out.
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::v4::V4;
@@ -17,7 +19,7 @@ use rumqttd::protocol::{
 use rumqttd::{Forward, Notification};
 use std::sync::atomic::Ordering;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use super::window::{self, Mode, Window};
@@ -34,15 +36,54 @@ pub(super) struct Writer<'a> {
     pub delivery: &'a mut Delivery,
     pub window: Window,
     buf: BytesMut,
+    /// With storage: how far the write-ahead log has committed.
+    committed: Option<watch::Receiver<u64>>,
+    /// Replies of ours that wait for the log to commit past the id (0: only for those ahead
+    /// of them), in order.
+    uncommitted: VecDeque<(u64, Bytes)>,
 }
 
 impl<'a> Writer<'a> {
-    pub(super) fn new(delivery: &'a mut Delivery, window: Window) -> Writer<'a> {
+    pub(super) fn new(
+        delivery: &'a mut Delivery,
+        window: Window,
+        committed: Option<watch::Receiver<u64>>,
+    ) -> Writer<'a> {
         Writer {
             delivery,
             window,
             buf: BytesMut::with_capacity(16 * 1024),
+            committed,
+            uncommitted: VecDeque::new(),
         }
+    }
+
+    /// Moves the replies the log has committed for into the write buffer.
+    fn take_committed(&mut self) {
+        let Some(committed) = self.committed.as_mut() else {
+            return;
+        };
+        let upto = *committed.borrow_and_update();
+        while let Some((after, _)) = self.uncommitted.front() {
+            if *after > upto {
+                break;
+            }
+            if let Some((_, bytes)) = self.uncommitted.pop_front() {
+                self.buf.extend_from_slice(&bytes);
+            }
+        }
+    }
+}
+
+/// Resolves when the log commits more (never without storage).
+async fn log_committed(committed: &mut Option<watch::Receiver<u64>>) {
+    match committed {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -86,6 +127,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
                     Err(_) => ended = Some(Close::RouterClosed),
                 }
             }
+            () = log_committed(&mut writer.committed), if !writer.uncommitted.is_empty() => {}
             outbound = outbox.recv() => match outbound {
                 Some(outbound) => {
                     writer.outbound(outbound);
@@ -96,6 +138,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
                 None => ended = Some(Close::ReaderGone),
             },
         }
+        writer.take_committed();
         if let Err(close) = writer.release(conn) {
             ended.get_or_insert(close);
         }
@@ -170,7 +213,11 @@ impl Writer<'_> {
     /// Something the reader queued for the client, or acknowledgements under our window.
     fn outbound(&mut self, outbound: Outbound) {
         match outbound {
-            Outbound::Bytes(bytes) => self.buf.extend_from_slice(&bytes),
+            Outbound::Bytes(bytes) if self.uncommitted.is_empty() => {
+                self.buf.extend_from_slice(&bytes);
+            }
+            Outbound::Bytes(bytes) => self.uncommitted.push_back((0, bytes)),
+            Outbound::Committed(after, bytes) => self.uncommitted.push_back((after, bytes)),
             Outbound::Acked(pkids) => self.window.acked(&pkids),
         }
     }

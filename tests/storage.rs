@@ -1,0 +1,323 @@
+//! A broker with a write-ahead log (`--data-dir`): what it acknowledged survives its own
+//! crash, and bad files never crash or mislead it.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::hardening::{connect_with, packet, publish, subscribe, Raw, WAIT};
+use support::{num, Broker, Proc, Subscriber};
+
+/// A broker on `listen` keeping its log in `dir`, with `extra` flags.
+fn broker(listen: &str, dir: &Path, extra: &[&str]) -> Broker {
+    let mut args = vec!["--listen", listen, "--data-dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Broker::start_exact(&args)
+}
+
+fn kill(broker: &mut Broker) {
+    broker.proc.signal(libc::SIGKILL);
+    broker.proc.wait(Duration::from_secs(10));
+}
+
+/// The single log segment in `dir` that holds records (the newest one).
+fn newest_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    segments.sort();
+    segments.pop().expect("a log segment")
+}
+
+/// A persistent session (clean session 0) for `id`; returns the connection and whether the
+/// broker said it had the session.
+fn persistent(port: u16, id: &str) -> (Raw, bool) {
+    let mut raw = Raw::open(([127, 0, 0, 1], port).into());
+    raw.send(&connect_with(4, 0x00, 60, id.as_bytes(), &[]));
+    let connack = raw.read_n(4);
+    assert_eq!(
+        (connack[0], connack[3]),
+        (0x20, 0),
+        "CONNACK accepted for {id}"
+    );
+    (raw, connack[2] == 1)
+}
+
+/// Publishes at QoS 1 (retained if `retain`) and waits for the PUBACK.
+fn publish_acked(port: u16, topic: &str, payload: &[u8], retain: bool) {
+    let mut raw = Raw::connected(([127, 0, 0, 1], port).into(), "storage-pub");
+    let mut p = publish(topic.as_bytes(), 1, 7, payload);
+    if retain {
+        p[0] |= 0x01;
+    }
+    raw.send(&p);
+    assert_eq!(raw.read_n(4), [0x40, 2, 0, 7], "PUBACK for {topic}");
+}
+
+/// Reads packets until a PUBLISH comes; returns its first byte, topic and payload.
+fn next_publish(raw: &mut Raw) -> (u8, Vec<u8>, Vec<u8>) {
+    loop {
+        let (first, body) = raw.read_packet();
+        if first >> 4 != 3 {
+            continue;
+        }
+        let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let topic = body[2..2 + len].to_vec();
+        let skip = if (first >> 1) & 3 > 0 { 2 } else { 0 };
+        return (first, topic, body[2 + len + skip..].to_vec());
+    }
+}
+
+#[test]
+fn a_broker_killed_twice_mid_run_delivers_every_reading_it_acknowledged() {
+    const N: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut first = broker("127.0.0.1:0", &data, &[]);
+    let port = first.port;
+    let listen = format!("127.0.0.1:{port}");
+    let state = dir.path().join("sub.state");
+    let count = N.to_string();
+    let subscriber = Subscriber::start(
+        port,
+        &[
+            "--count",
+            &count,
+            "--client-id",
+            "wal-sub",
+            "--state",
+            state.to_str().unwrap(),
+            "--idle-timeout",
+            "20",
+            "--reconnect-for",
+            "60",
+        ],
+    );
+    let pub_report = dir.path().join("pub.json");
+    let port_arg = port.to_string();
+    let mut publisher = Proc::spawn(
+        "mqtt-publisher",
+        &[
+            "--port",
+            &port_arg,
+            "--count",
+            &count,
+            "--reconnect-for",
+            "60",
+            "--report-json",
+            pub_report.to_str().unwrap(),
+        ],
+    );
+    // Flat out; killed at 30% of the run, and again at 65%.
+    let mut publisher_progress = |at: u64| {
+        publisher.wait_for_stderr(
+            &format!("Messages published: {at}\n"),
+            Duration::from_secs(60),
+        );
+    };
+    publisher_progress(300_000);
+    kill(&mut first);
+    let mut second = broker(&listen, &data, &[]);
+    second
+        .proc
+        .wait_for_stderr("restored from", Duration::from_secs(30));
+    publisher_progress(650_000);
+    kill(&mut second);
+    let third = broker(&listen, &data, &[]);
+
+    let status = publisher.wait(Duration::from_secs(120));
+    let published = support::read_json(&pub_report, &publisher);
+    assert!(status.success(), "{published}\n{}", publisher.stderr());
+    assert_eq!(num(&published, "acked"), N, "{published}");
+    let (status, report) = subscriber.finish(Duration::from_secs(90));
+    eprintln!("{report}");
+    assert!(status.success(), "{report}\n{}", third.proc.stderr());
+    assert_eq!(num(&report, "missing"), 0, "{report}");
+    assert_eq!(num(&report, "distinct"), N, "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+    assert!(third.proc.stderr().contains("restored from"));
+}
+
+#[test]
+fn retained_messages_sessions_and_their_backlog_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut first = broker("127.0.0.1:0", &data, &[]);
+    let port = first.port;
+    let (mut session, present) = persistent(port, "away");
+    assert!(!present);
+    session.send(&subscribe(b"t/#", 1));
+    assert_eq!(session.read_packet().0, 0x90, "SUBACK");
+    session.send(&packet(0xE0, &[]));
+    drop(session);
+    publish_acked(port, "status/a", b"up", true);
+    publish_acked(port, "t/x", b"while away", false);
+    kill(&mut first);
+
+    let second = broker(&format!("127.0.0.1:{port}"), &data, &[]);
+    let (mut session, present) = persistent(port, "away");
+    assert!(present, "the session survived the restart");
+    let (first_byte, topic, payload) = next_publish(&mut session);
+    assert_eq!(
+        (topic.as_slice(), payload.as_slice()),
+        (&b"t/x"[..], &b"while away"[..])
+    );
+    assert_eq!((first_byte >> 1) & 3, 1, "at the subscription's QoS");
+
+    let mut fresh = Raw::connected(([127, 0, 0, 1], port).into(), "fresh");
+    fresh.send(&subscribe(b"status/+", 1));
+    let (first_byte, topic, payload) = next_publish(&mut fresh);
+    assert_eq!(
+        (topic.as_slice(), payload.as_slice()),
+        (&b"status/a"[..], &b"up"[..])
+    );
+    assert_eq!(first_byte & 1, 1, "retain flag set");
+    let stderr = second.proc.stderr();
+    assert!(
+        stderr.contains("1 persistent sessions (1 subscriptions), 1 retained messages"),
+        "{stderr}"
+    );
+}
+
+/// Starts a broker on `dir` that must refuse; returns its stderr.
+fn refused(dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut proc = Proc::spawn("mqtt-broker", &args);
+    let status = proc.wait(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", proc.output());
+    proc.stderr()
+}
+
+/// A data directory with a persistent session subscribed to `t/#` and `n` readings for it
+/// acknowledged, left by a killed broker.
+fn killed_with_backlog(data: &Path, n: u64) {
+    let mut b = broker("127.0.0.1:0", data, &[]);
+    let (mut session, _) = persistent(b.port, "away");
+    session.send(&subscribe(b"t/#", 1));
+    assert_eq!(session.read_packet().0, 0x90, "SUBACK");
+    session.send(&packet(0xE0, &[]));
+    for i in 0..n {
+        publish_acked(b.port, "t/x", format!("reading {i}").as_bytes(), false);
+    }
+    // A checkpoint is written once a second: wait for the first, so there is one to damage.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !data.join("state").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(&mut b);
+}
+
+#[test]
+fn a_torn_tail_on_the_log_or_the_state_file_is_cut_off_and_the_broker_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    killed_with_backlog(&data, 3);
+    // Half a record at the end of the log, as a crash mid-write leaves it.
+    let segment = newest_segment(&data);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let whole = bytes.len();
+    bytes.extend_from_slice(&100u32.to_le_bytes());
+    bytes.extend_from_slice(&(!100u32).to_le_bytes());
+    bytes.extend_from_slice(&[0xAB; 20]);
+    std::fs::write(&segment, &bytes).unwrap();
+    // And the state file cut short.
+    let state = data.join("state");
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+
+    let b = broker("127.0.0.1:0", &data, &[]);
+    let (mut session, present) = persistent(b.port, "away");
+    let stderr = b.proc.stderr();
+    assert!(stderr.contains("torn write"), "{stderr}");
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), whole as u64);
+    assert!(present, "{stderr}");
+    for i in 0..3 {
+        let (_, _, payload) = next_publish(&mut session);
+        assert_eq!(payload, format!("reading {i}").as_bytes());
+        session.send(&packet(0x40, &[0, (i + 1) as u8]));
+    }
+}
+
+#[test]
+fn a_flipped_byte_refuses_to_start_until_repair_skips_the_damaged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    killed_with_backlog(&data, 5);
+    let segment = newest_segment(&data);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // Inside the third-last record (each is 36 bytes): damage with data behind it.
+    let at = bytes.len() - 90;
+    bytes[at] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let stderr = refused(&data, &[]);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains(segment.to_str().unwrap()), "{line}");
+    assert!(line.contains("damaged record at offset"), "{line}");
+    assert!(line.contains("--repair"), "{line}");
+
+    let mut b = broker("127.0.0.1:0", &data, &["--repair"]);
+    let (mut session, present) = persistent(b.port, "away");
+    assert!(present);
+    let mut got = Vec::new();
+    for i in 0..4 {
+        let (_, _, payload) = next_publish(&mut session);
+        got.push(String::from_utf8(payload).unwrap());
+        session.send(&packet(0x40, &[0, (i + 1) as u8]));
+    }
+    assert_eq!(got.len(), 4, "one of five readings damaged: {got:?}");
+    b.proc.wait_for_stderr("1 damaged records skipped", WAIT);
+    drop(b);
+    // Repaired for good: the next start needs no --repair.
+    let again = broker("127.0.0.1:0", &data, &[]);
+    drop(again);
+}
+
+#[test]
+fn a_lock_left_by_a_killed_broker_never_blocks_and_a_live_ones_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut live = broker("127.0.0.1:0", &data, &[]);
+    let stderr = refused(&data, &[]);
+    assert!(
+        stderr.contains(&format!(
+            "in use by another broker (process {})",
+            live.proc.pid()
+        )),
+        "{stderr}"
+    );
+    kill(&mut live);
+    let _next = broker("127.0.0.1:0", &data, &[]);
+}
+
+#[test]
+fn a_log_of_another_format_version_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("wal")).unwrap();
+    let mut header = b"MQTTWAL\0".to_vec();
+    header.extend_from_slice(&2u32.to_le_bytes());
+    std::fs::write(data.join("wal/00000000000000000001.wal"), header).unwrap();
+    let stderr = refused(&data, &[]);
+    assert!(
+        stderr.contains("written in storage format version 2, this broker reads version 1"),
+        "{stderr}"
+    );
+}
