@@ -7,12 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use support::hardening::WAIT;
-use support::mqtt::{Client, Message, Options};
+use support::mqtt::{topics, Client, Options};
 use support::{run_quick, Broker};
-
-fn addr(broker: &Broker) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], broker.port))
-}
 
 /// Writes `text` to an ACL file in `dir`.
 fn acl_file(dir: &tempfile::TempDir, text: &str) -> PathBuf {
@@ -21,8 +17,13 @@ fn acl_file(dir: &tempfile::TempDir, text: &str) -> PathBuf {
     path
 }
 
-fn topics(messages: &[Message]) -> Vec<&str> {
-    messages.iter().map(|m| m.topic.as_str()).collect()
+/// A broker enforcing the ACL `text` (read once, at start), and its address.
+fn broker_with_acl(text: &str) -> (Broker, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = acl_file(&dir, text);
+    let broker = Broker::start_with(&["--acl-file", acl.to_str().unwrap()]);
+    let a = broker.addr();
+    (broker, a)
 }
 
 const DEVICES: &str = "\
@@ -39,10 +40,7 @@ topic readwrite #
 
 #[test]
 fn a_device_writes_only_its_own_topic_and_a_reader_gets_only_what_it_may_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let acl = acl_file(&dir, DEVICES);
-    let broker = Broker::start_with(&["--acl-file", acl.to_str().unwrap()]);
-    let a = addr(&broker);
+    let (_broker, a) = broker_with_acl(DEVICES);
 
     let (mut reader, _) = Client::connect(a, &Options::new("r1").login("reader", "x"));
     assert_eq!(reader.subscribe(&[("sensors/#", 1)]), [1]);
@@ -78,10 +76,7 @@ fn withheld_messages_keep_the_routers_window_in_order_for_persistent_and_qos2_re
     // Under the router's own window (a persistent session; QoS 2) the broker acknowledges
     // the messages a reader may not see in their place: the reader gets all the others, in
     // order, and is never disconnected for acknowledging out of order.
-    let dir = tempfile::tempdir().unwrap();
-    let acl = acl_file(&dir, DEVICES);
-    let broker = Broker::start_with(&["--acl-file", acl.to_str().unwrap()]);
-    let a = addr(&broker);
+    let (_broker, a) = broker_with_acl(DEVICES);
     let (mut persistent, _) = Client::connect(
         a,
         &Options::new("r-persistent")
@@ -128,10 +123,7 @@ fn withheld_messages_keep_the_routers_window_in_order_for_persistent_and_qos2_re
 #[test]
 fn with_a_deny_rule_the_paho_subscribe_failure_test_gets_its_0x80() {
     // The ACL the Eclipse Paho interoperability suite expects for test_subscribe_failure.
-    let dir = tempfile::tempdir().unwrap();
-    let acl = acl_file(&dir, "topic readwrite #\ntopic deny test/nosubscribe\n");
-    let broker = Broker::start_with(&["--acl-file", acl.to_str().unwrap()]);
-    let a = addr(&broker);
+    let (_broker, a) = broker_with_acl("topic readwrite #\ntopic deny test/nosubscribe\n");
     let (mut client, _) = Client::connect(a, &Options::new("myclientid"));
     assert_eq!(client.subscribe(&[("test/nosubscribe", 2)]), [0x80]);
     // Everything else still works, wildcards included.

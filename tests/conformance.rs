@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::hardening::{connect, connect_with, WAIT};
@@ -20,23 +19,24 @@ use support::Broker;
 const TOPICS: [&str; 5] = ["TopicA", "TopicA/B", "Topic/C", "TopicA/C", "/TopicA"];
 const WILDTOPICS: [&str; 7] = ["TopicA/+", "+/C", "#", "/#", "/+", "+/+", "TopicA/#"];
 
-fn addr(broker: &Broker) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], broker.port))
-}
-
 fn payloads(messages: &[Message]) -> Vec<&[u8]> {
     messages.iter().map(|m| m.payload.as_slice()).collect()
+}
+
+/// The topics of what `client` receives, up to and including a message on `last`.
+fn topics_until(client: &mut Client, last: &str) -> Vec<String> {
+    let got = client.messages_until(WAIT, |m| m.topic == last);
+    got.into_iter().map(|m| m.topic).collect()
 }
 
 #[test]
 fn basic_subscribe_publish_at_each_qos_and_a_second_connect_is_refused() {
     let broker = Broker::start();
-    let a = addr(&broker);
-    let (client, session_present) = Client::connect(a, &Options::new("myclientid"));
+    let (client, session_present) = Client::connect(broker.addr(), &Options::new("myclientid"));
     assert!(!session_present);
     client.disconnect();
 
-    let (mut client, session_present) = Client::connect(a, &Options::new("myclientid"));
+    let (mut client, session_present) = Client::connect(broker.addr(), &Options::new("myclientid"));
     assert!(!session_present, "a clean session has no session present");
     assert_eq!(client.subscribe(&[(TOPICS[0], 2)]), [2]);
     client.publish(TOPICS[0], b"qos 0", 0, false);
@@ -54,7 +54,7 @@ fn basic_subscribe_publish_at_each_qos_and_a_second_connect_is_refused() {
     // A wrong protocol name is not MQTT: closed, no CONNACK.
     let mut wrong = connect_with(4, 2, 0, b"myclientid", &[]);
     wrong[4..8].copy_from_slice(b"hjhj");
-    let mut raw = support::hardening::Raw::open(a);
+    let mut raw = support::hardening::Raw::open(broker.addr());
     raw.send(&wrong);
     assert!(raw.closed_within(WAIT));
 }
@@ -62,12 +62,11 @@ fn basic_subscribe_publish_at_each_qos_and_a_second_connect_is_refused() {
 #[test]
 fn retained_messages_reach_new_subscribers_and_empty_ones_clear_them() {
     let broker = Broker::start();
-    let a = addr(&broker);
-    let (mut publisher, _) = Client::connect(a, &Options::new("myclientid"));
+    let (mut publisher, _) = Client::connect(broker.addr(), &Options::new("myclientid"));
     publisher.publish(TOPICS[1], b"qos 0", 0, true);
     publisher.publish(TOPICS[2], b"qos 1", 1, true);
     publisher.publish(TOPICS[3], b"qos 2", 2, true);
-    let (mut subscriber, _) = Client::connect(a, &Options::new("myclientid2"));
+    let (mut subscriber, _) = Client::connect(broker.addr(), &Options::new("myclientid2"));
     subscriber.subscribe(&[(WILDTOPICS[5], 2)]);
     let mut got: Vec<Message> = (0..3)
         .map(|_| subscriber.next_message(WAIT).expect("a retained message"))
@@ -80,7 +79,7 @@ fn retained_messages_reach_new_subscribers_and_empty_ones_clear_them() {
     publisher.publish(TOPICS[1], b"", 0, true);
     publisher.publish(TOPICS[2], b"", 1, true);
     publisher.publish(TOPICS[3], b"", 2, true);
-    let (mut late, _) = Client::connect(a, &Options::new("myclientid2"));
+    let (mut late, _) = Client::connect(broker.addr(), &Options::new("myclientid2"));
     late.subscribe(&[(WILDTOPICS[5], 2)]);
     publisher.publish("marker/retained", b"marker", 1, false);
     let got = late.messages_until(WAIT, |m| m.topic == "marker/retained");
@@ -90,14 +89,13 @@ fn retained_messages_reach_new_subscribers_and_empty_ones_clear_them() {
 #[test]
 fn a_zero_length_client_id_needs_a_clean_session() {
     let broker = Broker::start();
-    let a = addr(&broker);
-    let refused = Client::try_connect(a, &Options::new("").persistent()).err();
+    let refused = Client::try_connect(broker.addr(), &Options::new("").persistent()).err();
     assert_eq!(
         refused,
         Some(Refused::Code(2)),
         "MQTT-3.1.3-8: identifier rejected"
     );
-    let (mut client, _) = Client::connect(a, &Options::new(""));
+    let (mut client, _) = Client::connect(broker.addr(), &Options::new(""));
     client.ping();
     client.disconnect();
 }
@@ -105,18 +103,19 @@ fn a_zero_length_client_id_needs_a_clean_session() {
 #[test]
 fn messages_wait_for_an_offline_persistent_session() {
     let broker = Broker::start();
-    let a = addr(&broker);
-    let (mut away, session_present) = Client::connect(a, &Options::new("myclientid").persistent());
+    let (mut away, session_present) =
+        Client::connect(broker.addr(), &Options::new("myclientid").persistent());
     assert!(!session_present);
     away.subscribe(&[(WILDTOPICS[5], 2)]);
     away.disconnect();
 
-    let (mut publisher, _) = Client::connect(a, &Options::new("myclientid2"));
+    let (mut publisher, _) = Client::connect(broker.addr(), &Options::new("myclientid2"));
     publisher.publish(TOPICS[1], b"qos 0", 0, false);
     publisher.publish(TOPICS[2], b"qos 1", 1, false);
     publisher.publish(TOPICS[3], b"qos 2", 2, false);
 
-    let (mut back, session_present) = Client::connect(a, &Options::new("myclientid").persistent());
+    let (mut back, session_present) =
+        Client::connect(broker.addr(), &Options::new("myclientid").persistent());
     assert!(session_present, "the session was kept");
     let got = back.messages_until(WAIT, |m| m.payload == b"qos 2");
     // The router queues QoS 0 messages for offline sessions too.
@@ -126,8 +125,7 @@ fn messages_wait_for_an_offline_persistent_session() {
 #[test]
 fn overlapping_subscriptions_deliver_once_per_matching_subscription() {
     let broker = Broker::start();
-    let a = addr(&broker);
-    let (mut client, _) = Client::connect(a, &Options::new("myclientid"));
+    let (mut client, _) = Client::connect(broker.addr(), &Options::new("myclientid"));
     assert_eq!(
         client.subscribe(&[(WILDTOPICS[6], 2), (WILDTOPICS[0], 1)]),
         [2, 1]
@@ -154,12 +152,12 @@ fn overlapping_subscriptions_deliver_once_per_matching_subscription() {
 #[test]
 fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives_and_keep_alive_0_never_is() {
     let broker = Broker::start();
-    let a = addr(&broker);
-    let (mut watcher, _) = Client::connect(a, &Options::new("myclientid2").keep_alive(0));
+    let (mut watcher, _) =
+        Client::connect(broker.addr(), &Options::new("myclientid2").keep_alive(0));
     watcher.subscribe(&[(TOPICS[4], 2)]);
     let started = Instant::now();
     let (_silent, _) = Client::connect(
-        a,
+        broker.addr(),
         &Options::new("myclientid")
             .keep_alive(2)
             .will(TOPICS[4], b"keepalive expiry", 2),
@@ -183,9 +181,8 @@ fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives_and_keep_alive_0_
 #[test]
 fn unacknowledged_messages_are_redelivered_when_a_persistent_session_reconnects() {
     let broker = Broker::start();
-    let a = addr(&broker);
     let options = Options::new("myclientid2").persistent();
-    let (mut client, _) = Client::connect(a, &options);
+    let (mut client, _) = Client::connect(broker.addr(), &options);
     client.subscribe(&[(WILDTOPICS[6], 2)]);
     client.acknowledge = false;
     client.publish(TOPICS[1], b"", 1, false);
@@ -194,18 +191,15 @@ fn unacknowledged_messages_are_redelivered_when_a_persistent_session_reconnects(
     assert_eq!(unacked.len(), 2);
     client.disconnect();
 
-    let (mut client, session_present) = Client::connect(a, &options);
+    let (mut client, session_present) = Client::connect(broker.addr(), &options);
     assert!(session_present);
-    let again = client.messages_until(WAIT, |m| m.topic == TOPICS[3]);
-    let topics: Vec<&str> = again.iter().map(|m| m.topic.as_str()).collect();
-    assert_eq!(topics, [TOPICS[1], TOPICS[3]]);
+    assert_eq!(topics_until(&mut client, TOPICS[3]), [TOPICS[1], TOPICS[3]]);
 }
 
 #[test]
 fn a_refused_subscription_gets_0x80_and_the_rest_of_the_packet_is_granted() {
     let broker = Broker::start();
-    let a = addr(&broker);
-    let (mut client, _) = Client::connect(a, &Options::new("myclientid"));
+    let (mut client, _) = Client::connect(broker.addr(), &Options::new("myclientid"));
     // Until an ACL is configured, `$` filters are what this broker refuses.
     assert_eq!(client.subscribe(&[("$SYS/#", 2)]), [0x80]);
     assert_eq!(
@@ -222,8 +216,7 @@ fn a_refused_subscription_gets_0x80_and_the_rest_of_the_packet_is_granted() {
 #[test]
 fn a_publish_to_a_dollar_topic_is_acknowledged_and_reaches_no_one() {
     let broker = Broker::start();
-    let a = addr(&broker);
-    let (mut client, _) = Client::connect(a, &Options::new("myclientid2"));
+    let (mut client, _) = Client::connect(broker.addr(), &Options::new("myclientid2"));
     client.subscribe(&[(WILDTOPICS[5], 2), (WILDTOPICS[2], 2)]);
     let dollar = format!("${}", TOPICS[1]);
     client.publish(&dollar, b"", 1, false);
@@ -236,32 +229,31 @@ fn a_publish_to_a_dollar_topic_is_acknowledged_and_reaches_no_one() {
 #[test]
 fn unsubscribe_stops_delivery_of_that_filter_only() {
     let broker = Broker::start();
-    let a = addr(&broker);
-    let (mut subscriber, _) = Client::connect(a, &Options::new("myclientid2"));
+    let (mut subscriber, _) = Client::connect(broker.addr(), &Options::new("myclientid2"));
     for topic in &TOPICS[..3] {
         subscriber.subscribe(&[(topic, 2)]);
     }
     subscriber.unsubscribe(&[TOPICS[0]]);
     // An UNSUBSCRIBE of something not subscribed is answered too (MQTT-3.10.4-5).
     subscriber.unsubscribe(&["never/subscribed"]);
-    let (mut publisher, _) = Client::connect(a, &Options::new("myclientid"));
+    let (mut publisher, _) = Client::connect(broker.addr(), &Options::new("myclientid"));
     for topic in &TOPICS[..3] {
         publisher.publish(topic, b"", 1, false);
     }
-    let got = subscriber.messages_until(WAIT, |m| m.topic == TOPICS[2]);
-    let topics: Vec<&str> = got.iter().map(|m| m.topic.as_str()).collect();
-    assert_eq!(topics, [TOPICS[1], TOPICS[2]]);
+    assert_eq!(
+        topics_until(&mut subscriber, TOPICS[2]),
+        [TOPICS[1], TOPICS[2]]
+    );
 }
 
 #[test]
 fn a_second_connection_with_the_same_id_takes_the_session_over_and_fires_the_will() {
     let broker = Broker::start();
-    let a = addr(&broker);
-    let (mut watcher, _) = Client::connect(a, &Options::new("watcher"));
+    let (mut watcher, _) = Client::connect(broker.addr(), &Options::new("watcher"));
     watcher.subscribe(&[("will/#", 1)]);
     let twin = Options::new("twin").will("will/twin", b"first connection gone", 1);
-    let (mut first, _) = Client::connect(a, &twin);
-    let (mut second, _) = Client::connect(a, &Options::new("twin"));
+    let (mut first, _) = Client::connect(broker.addr(), &twin);
+    let (mut second, _) = Client::connect(broker.addr(), &Options::new("twin"));
     assert!(first.closed_within(WAIT), "the first connection is closed");
     let will = watcher
         .next_message(WAIT)
@@ -273,15 +265,14 @@ fn a_second_connection_with_the_same_id_takes_the_session_over_and_fires_the_wil
 #[test]
 fn a_will_is_not_published_after_disconnect() {
     let broker = Broker::start();
-    let a = addr(&broker);
-    let (mut watcher, _) = Client::connect(a, &Options::new("watcher"));
+    let (mut watcher, _) = Client::connect(broker.addr(), &Options::new("watcher"));
     watcher.subscribe(&[("will/#", 1)]);
     let (polite, _) = Client::connect(
-        a,
+        broker.addr(),
         &Options::new("polite").will("will/polite", b"should not come", 1),
     );
     polite.disconnect();
-    let (mut other, _) = Client::connect(a, &Options::new("other"));
+    let (mut other, _) = Client::connect(broker.addr(), &Options::new("other"));
     other.publish("will/marker", b"marker", 1, false);
     let got = watcher.messages_until(WAIT, |m| m.payload == b"marker");
     assert_eq!(got.len(), 1, "{got:?}");
@@ -290,14 +281,15 @@ fn a_will_is_not_published_after_disconnect() {
 #[test]
 fn client_ids_with_characters_the_router_refuses_still_work() {
     let broker = Broker::start();
-    let a = addr(&broker);
     let id = "devices/7+#$%";
-    let (mut client, _) = Client::connect(a, &Options::new(id).persistent());
+    let (mut client, _) = Client::connect(broker.addr(), &Options::new(id).persistent());
     assert_eq!(client.subscribe(&[("odd/ids", 1)]), [1]);
     client.disconnect();
-    let (mut back, session_present) = Client::connect(a, &Options::new(id).persistent());
+    let (mut back, session_present) =
+        Client::connect(broker.addr(), &Options::new(id).persistent());
     assert!(session_present, "the session of {id:?} was kept");
-    let (mut publisher, _) = Client::connect(a, &Options::new("devices%2F7%2B%23%24%25"));
+    let (mut publisher, _) =
+        Client::connect(broker.addr(), &Options::new("devices%2F7%2B%23%24%25"));
     publisher.publish("odd/ids", b"hello", 1, false);
     assert_eq!(
         back.next_message(WAIT).map(|m| m.payload),
@@ -308,7 +300,6 @@ fn client_ids_with_characters_the_router_refuses_still_work() {
 #[test]
 fn a_clean_session_gets_the_brokers_window_and_a_persistent_one_the_routers() {
     let broker = Broker::start_with_config("[connections]\nmax_inflight_messages = 300\n");
-    let a = addr(&broker);
     // Received, in order, without acknowledging any: how many come before the flow stops.
     let unacknowledged = |client: &mut Client| {
         let mut got = Vec::new();
@@ -318,13 +309,16 @@ fn a_clean_session_gets_the_brokers_window_and_a_persistent_one_the_routers() {
         }
         got
     };
-    let (mut clean, _) = Client::connect(a, &Options::new("window-clean"));
+    let (mut clean, _) = Client::connect(broker.addr(), &Options::new("window-clean"));
     clean.subscribe(&[("window/clean", 1)]);
     clean.acknowledge = false;
-    let (mut persistent, _) = Client::connect(a, &Options::new("window-persistent").persistent());
+    let (mut persistent, _) = Client::connect(
+        broker.addr(),
+        &Options::new("window-persistent").persistent(),
+    );
     persistent.subscribe(&[("window/persistent", 1)]);
     persistent.acknowledge = false;
-    let (mut publisher, _) = Client::connect(a, &Options::new("window-publisher"));
+    let (mut publisher, _) = Client::connect(broker.addr(), &Options::new("window-publisher"));
     for i in 0..1000u32 {
         publisher.publish("window/clean", &i.to_be_bytes(), 1, false);
         publisher.publish("window/persistent", &i.to_be_bytes(), 1, false);

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{closed_port, num, publish, Broker, Proc, Subscriber};
+use support::{closed_port, num, publish, run_quick, Broker, Proc, Publisher, Subscriber};
 
 #[test]
 fn clients_fail_fast_with_advice_when_no_broker_runs() {
@@ -48,14 +48,9 @@ fn bad_flags_are_usage_errors() {
         ("mqtt-broker", &["--listen", "not-an-address"]),
     ];
     for (name, args) in cases {
-        let mut proc = Proc::spawn(name, args);
-        let status = proc.wait(Duration::from_secs(10));
-        assert_eq!(status.code(), Some(2), "{name} {args:?}: {}", proc.stderr());
-        assert!(
-            proc.stderr().contains("error:"),
-            "{name} {args:?}: {}",
-            proc.stderr()
-        );
+        let (status, _, stderr) = run_quick(name, args);
+        assert_eq!(status.code(), Some(2), "{name} {args:?}: {stderr}");
+        assert!(stderr.contains("error:"), "{name} {args:?}: {stderr}");
     }
 }
 
@@ -108,62 +103,38 @@ fn ctrl_c_stops_a_waiting_subscriber_with_its_summary() {
 #[test]
 fn sigterm_stops_a_publisher_mid_run_with_its_summary() {
     let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let report_path = dir.path().join("p.json");
-    let port = broker.port_arg();
-    let mut publisher = Proc::spawn(
-        "mqtt-publisher",
-        &[
-            "--port",
-            &port,
-            "--count",
-            "100000000",
-            "--report-json",
-            report_path.to_str().unwrap(),
-        ],
-    );
-    publisher.wait_for_stderr("Messages published: 1000\n", Duration::from_secs(20));
-    publisher.signal(libc::SIGTERM);
-    let status = publisher.wait(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(130), "{}", publisher.stderr());
-    let report = support::read_json(&report_path, &publisher);
+    let mut publisher = Publisher::start(broker.port, &["--count", "100000000"]);
+    publisher
+        .proc
+        .wait_for_stderr("Messages published: 1000\n", Duration::from_secs(20));
+    publisher.proc.signal(libc::SIGTERM);
+    let (status, report, stderr) = publisher.finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{stderr}");
     assert_eq!(report["interrupted"], true);
     let (published, acked) = (num(&report, "published"), num(&report, "acked"));
     assert!((1000..100_000_000).contains(&published), "{report}");
     // Everything handed to the broker before the signal was acknowledged in the grace period.
     assert_eq!(acked, published, "{report}");
-    assert!(publisher.stderr().contains("Total messages published:"));
+    assert!(stderr.contains("Total messages published:"), "{stderr}");
 }
 
 #[test]
 fn flags_win_over_the_mqtt_brokers_list_and_a_bad_list_is_a_usage_error() {
-    let broker = support::Broker::start();
+    let broker = Broker::start();
     let port = broker.port.to_string();
-    let dead = format!("127.0.0.1:{}", support::closed_port());
+    let dead = format!("127.0.0.1:{}", closed_port());
+    // The publisher with MQTT_BROKERS set to `brokers`, to the end: its status and stderr.
+    let publish_with_brokers = |args: &[&str], brokers: &str| {
+        let env = [("MQTT_BROKERS", brokers)];
+        let mut publisher = Proc::spawn_with_env("mqtt-publisher", args, &env);
+        (publisher.wait(Duration::from_secs(30)), publisher.stderr())
+    };
     // MQTT_BROKERS names a dead broker; the --port typed on the command line wins.
-    let mut publisher = support::Proc::spawn_with_env(
-        "mqtt-publisher",
-        &["--port", &port, "--count", "10"],
-        &[("MQTT_BROKERS", dead.as_str())],
-    );
-    let status = publisher.wait(Duration::from_secs(30));
-    assert!(status.success(), "{}", publisher.stderr());
+    let (status, stderr) = publish_with_brokers(&["--port", &port, "--count", "10"], &dead);
+    assert!(status.success(), "{stderr}");
     // Empty entries are ignored; a bad one names the variable.
-    let mut publisher = support::Proc::spawn_with_env(
-        "mqtt-publisher",
-        &["--count", "10"],
-        &[("MQTT_BROKERS", "127.0.0.1:1,,nohost")],
-    );
-    let status = publisher.wait(Duration::from_secs(30));
-    assert_eq!(status.code(), Some(2), "{}", publisher.stderr());
-    assert!(
-        publisher.stderr().contains("MQTT_BROKERS="),
-        "{}",
-        publisher.stderr()
-    );
-    assert!(
-        publisher.stderr().contains("\"nohost\" is not HOST:PORT"),
-        "{}",
-        publisher.stderr()
-    );
+    let (status, stderr) = publish_with_brokers(&["--count", "10"], "127.0.0.1:1,,nohost");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("MQTT_BROKERS="), "{stderr}");
+    assert!(stderr.contains("\"nohost\" is not HOST:PORT"), "{stderr}");
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::hardening::{publish as publish_packet, WAIT};
 use support::mqtt::{Client, Options};
-use support::{num, publish, Broker, Subscriber};
+use support::{num, publish, publish_all, Broker, Resumable, Subscriber};
 
 /// What the broker says when it stops: (its stderr, `dropped=`, `held_s=`, `peak_rss_mib=`),
 /// and the sum of its `dropped=` ERROR lines.
@@ -60,20 +60,22 @@ fn rate(report: &serde_json::Value) -> f64 {
     report["msgs_per_s"].as_f64().unwrap_or(0.0)
 }
 
+/// A subscriber for `n` readings that takes `delay_us` µs over each one, started with
+/// `extra` flags too.
+fn slow_subscriber(port: u16, n: u64, delay_us: u32, extra: &[&str]) -> Subscriber {
+    let (count, delay) = (n.to_string(), delay_us.to_string());
+    let mut args = vec!["--count", &count, "--process-delay-us", &delay];
+    args.extend_from_slice(extra);
+    Subscriber::start(port, &args)
+}
+
 /// `n` readings from a publisher at full speed to a subscriber taking 20 µs over each
 /// (at most about 50,000 readings/s, against a publisher several times faster), through
 /// `broker`: every reading acknowledged and none missing, whatever the log's size. Returns
 /// the publisher's and the subscriber's reports and what the broker said when it stopped.
 fn slow_subscriber_run(broker: Broker, n: u64) -> (serde_json::Value, serde_json::Value, Shutdown) {
-    let count = n.to_string();
-    let subscriber = Subscriber::start(
-        broker.port,
-        &["--count", &count, "--process-delay-us", "20"],
-    );
-    let (status, published, stderr) =
-        publish(broker.port, &["--count", &count], Duration::from_secs(120));
-    assert!(status.success(), "{stderr}");
-    assert_eq!(num(&published, "acked"), n);
+    let subscriber = slow_subscriber(broker.port, n, 20, &[]);
+    let published = publish_all(broker.port, n, Duration::from_secs(120));
     let (status, report) = subscriber.finish(Duration::from_secs(120));
     assert!(status.success(), "{report}");
     assert_eq!(num(&report, "missing"), 0, "{report}");
@@ -134,23 +136,9 @@ fn without_holding_a_slow_subscriber_loses_exactly_what_the_broker_counts() {
     let broker = Broker::start_with_config(
         "[flow]\nhold = false\n[router]\nmax_segment_size = 1048576\nmax_segment_count = 3\n",
     );
-    let count = N.to_string();
     // 100 µs per reading: at most 10,000 readings/s, against a publisher at 100,000+.
-    let subscriber = Subscriber::start(
-        broker.port,
-        &[
-            "--count",
-            &count,
-            "--process-delay-us",
-            "100",
-            "--idle-timeout",
-            "3",
-        ],
-    );
-    let (status, published, stderr) =
-        publish(broker.port, &["--count", &count], Duration::from_secs(120));
-    assert!(status.success(), "{stderr}");
-    assert_eq!(num(&published, "acked"), N);
+    let subscriber = slow_subscriber(broker.port, N, 100, &["--idle-timeout", "3"]);
+    publish_all(broker.port, N, Duration::from_secs(120));
     let (_, report) = subscriber.finish(Duration::from_secs(120));
     let missing = num(&report, "missing");
     let shutdown = stop(broker);
@@ -173,10 +161,7 @@ fn a_fast_and_a_slow_subscriber_of_one_filter_both_get_everything() {
     let broker = Broker::start();
     let count = N.to_string();
     let fast = Subscriber::start(broker.port, &["--count", &count]);
-    let slow = Subscriber::start(
-        broker.port,
-        &["--count", &count, "--process-delay-us", "20"],
-    );
+    let slow = slow_subscriber(broker.port, N, 20, &[]);
     let (status, _, stderr) = publish(broker.port, &["--count", &count], Duration::from_secs(120));
     assert!(status.success(), "{stderr}");
     for subscriber in [fast, slow] {
@@ -198,7 +183,7 @@ fn a_client_that_publishes_into_a_filter_it_reads_slowly_completes() {
         "[connections]\nmax_inflight_messages = 10\n\
          [router]\nmax_segment_size = 4096\nmax_segment_count = 2\n",
     );
-    let addr = SocketAddr::from(([127, 0, 0, 1], broker.port));
+    let addr = broker.addr();
     let (mut client, _) = Client::connect(addr, &Options::new("loopback"));
     assert_eq!(client.subscribe(&[("loop/#", 1)]), [1]);
     let payload = [7u8; 60];
@@ -230,20 +215,8 @@ fn a_client_that_publishes_into_a_filter_it_reads_slowly_completes() {
 fn a_subscriber_killed_for_3_s_holds_the_publisher_and_resumes_complete() {
     const N: u64 = 200_000;
     let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("sub.state");
-    let count = N.to_string();
-    let args = [
-        "--count",
-        &count,
-        "--state",
-        state.to_str().unwrap(),
-        "--client-id",
-        "held-for-me",
-        "--idle-timeout",
-        "10",
-    ];
-    let mut first = Subscriber::start(broker.port, &args);
+    let subscriber = Resumable::new(N, "held-for-me", 10);
+    let mut first = subscriber.start(broker.port);
     let port = broker.port;
     let publisher = std::thread::spawn(move || {
         publish(port, &["--count", &N.to_string()], Duration::from_secs(120))
@@ -251,15 +224,14 @@ fn a_subscriber_killed_for_3_s_holds_the_publisher_and_resumes_complete() {
     first
         .proc
         .wait_for_stderr("Messages received: 50000\n", Duration::from_secs(60));
-    first.proc.signal(libc::SIGKILL);
-    first.proc.wait(Duration::from_secs(10));
+    first.kill();
     // Away for three seconds: within [flow] offline_hold_s (30), so it holds publishers.
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         !publisher.is_finished(),
         "the publisher was held while the subscriber was away"
     );
-    let second = Subscriber::start(broker.port, &args);
+    let second = subscriber.start(broker.port);
     let (status, published, stderr) = publisher.join().unwrap();
     assert!(status.success(), "{stderr}");
     assert_eq!(num(&published, "acked"), N);
@@ -289,33 +261,19 @@ fn an_offline_session_past_its_hold_loses_exactly_what_is_counted_and_the_run_go
     let broker = Broker::start_with_config(
         "[flow]\noffline_hold_s = 1\n[router]\nmax_segment_size = 65536\nmax_segment_count = 2\n",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("away.state");
-    let count = N.to_string();
-    let args = [
-        "--count",
-        &count,
-        "--state",
-        state.to_str().unwrap(),
-        "--client-id",
-        "away-too-long",
-        "--idle-timeout",
-        "3",
-    ];
+    let subscriber = Resumable::new(N, "away-too-long", 3);
     // The session exists (subscribed) and is offline before anything is published.
-    let mut first = Subscriber::start(broker.port, &args);
-    first.proc.signal(libc::SIGKILL);
-    first.proc.wait(Duration::from_secs(10));
+    subscriber.start(broker.port).kill();
     let started = Instant::now();
-    let (status, published, stderr) =
-        publish(broker.port, &["--count", &count], Duration::from_secs(120));
-    assert!(status.success(), "the run goes on: {stderr}");
-    assert_eq!(num(&published, "acked"), N);
+    // The run goes on.
+    publish_all(broker.port, N, Duration::from_secs(120));
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "held for offline_hold_s first"
     );
-    let (_, report) = Subscriber::start(broker.port, &args).finish(Duration::from_secs(120));
+    let (_, report) = subscriber
+        .start(broker.port)
+        .finish(Duration::from_secs(120));
     let missing = num(&report, "missing");
     let shutdown = stop(broker);
     eprintln!(
@@ -339,7 +297,7 @@ fn a_publisher_outlasts_the_hold_only_if_its_ack_timeout_is_longer() {
         "[flow]\noffline_hold_s = 4\n[router]\nmax_segment_size = 16384\nmax_segment_count = 2\n";
     for (ack_timeout, outlasts) in [("2", false), ("8", true)] {
         let broker = Broker::start_with_config(config);
-        let addr = SocketAddr::from(([127, 0, 0, 1], broker.port));
+        let addr = broker.addr();
         leave_a_persistent_session(addr, "held-by-an-absent-one", "sensors/#");
         let (status, published, stderr) = publish(
             broker.port,
@@ -363,7 +321,7 @@ fn qos0_publishes_beyond_the_bound_are_dropped_while_held_and_the_connection_sta
     // drops the rest (QoS 0 promises nothing), and the connection keeps working.
     let broker =
         Broker::start_with_config("[router]\nmax_segment_size = 4096\nmax_segment_count = 2\n");
-    let addr = SocketAddr::from(([127, 0, 0, 1], broker.port));
+    let addr = broker.addr();
     let (mut reader, _) = Client::connect(addr, &Options::new("not-reading"));
     reader.subscribe(&[("flood/#", 1)]);
     reader.acknowledge = false;

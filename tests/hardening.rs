@@ -474,44 +474,35 @@ fn the_broker_listens_on_exactly_the_configured_sockets() {
     let mut c = Raw::connected(addr(broker.port), "listening-check");
     c.send(&[0xC0, 0]);
     assert_eq!(c.read_packet(), (0xD0, vec![]));
-    assert_eq!(listening_ports(broker.proc.pid()), vec![broker.port]);
+    assert_listening_on(&broker, vec![broker.port]);
 
     // With TLS too: exactly those two.
     let dir = tempfile::tempdir().expect("temp dir");
     let (_, cert, key) = certificates(&dir);
-    let tls_port = closed_port();
-    let tls_listen = format!("127.0.0.1:{tls_port}");
-    let broker = Broker::start_with(&[
-        "--tls-listen",
-        &tls_listen,
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ]);
-    let mut expected = vec![broker.port, tls_port];
-    expected.sort_unstable();
-    assert_eq!(listening_ports(broker.proc.pid()), expected);
+    let (broker, tls_port) = tls_broker(&cert, &key, &[]);
+    assert_listening_on(&broker, vec![broker.port, tls_port]);
 
     // Every listener there is: MQTT, TLS, WebSockets, metrics. Exactly those four.
-    let [tls_port, ws_port, metrics_port] = [closed_port(), closed_port(), closed_port()];
-    let [tls_listen, ws_listen, metrics_listen] =
-        [tls_port, ws_port, metrics_port].map(|port| format!("127.0.0.1:{port}"));
-    let broker = Broker::start_with(&[
-        "--tls-listen",
-        &tls_listen,
-        "--tls-cert",
+    let [ws_port, metrics_port] = [closed_port(), closed_port()];
+    let [ws_listen, metrics_listen] =
+        [ws_port, metrics_port].map(|port| format!("127.0.0.1:{port}"));
+    let (broker, tls_port) = tls_broker(
         &cert,
-        "--tls-key",
         &key,
-        "--ws-listen",
-        &ws_listen,
-        "--metrics-listen",
-        &metrics_listen,
-    ]);
-    let mut expected = vec![broker.port, tls_port, ws_port, metrics_port];
-    expected.sort_unstable();
-    assert_eq!(listening_ports(broker.proc.pid()), expected);
+        &[
+            "--ws-listen",
+            &ws_listen,
+            "--metrics-listen",
+            &metrics_listen,
+        ],
+    );
+    assert_listening_on(&broker, vec![broker.port, tls_port, ws_port, metrics_port]);
+}
+
+/// Asserts that `broker` listens on exactly `ports`, whatever their order.
+fn assert_listening_on(broker: &Broker, mut ports: Vec<u16>) {
+    ports.sort_unstable();
+    assert_eq!(listening_ports(broker.proc.pid()), ports);
 }
 
 /// The TCP ports process `pid` listens on: its socket descriptors, matched against the
@@ -639,20 +630,28 @@ fn certificates(dir: &tempfile::TempDir) -> (String, String, String) {
     (path("ca.pem"), path("server.pem"), path("server.key"))
 }
 
+/// A broker with a TLS listener too, on a port of its own (returned), serving `cert` and
+/// `key`, and started with `extra` flags.
+fn tls_broker(cert: &str, key: &str, extra: &[&str]) -> (Broker, u16) {
+    let tls_port = closed_port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let mut args = vec![
+        "--tls-listen",
+        &tls_listen,
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ];
+    args.extend_from_slice(extra);
+    (Broker::start_with(&args), tls_port)
+}
+
 #[test]
 fn tls_end_to_end_verifies_complete_and_wrong_clients_fail_clearly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (ca, cert, key) = certificates(&dir);
-    let tls_port = closed_port();
-    let tls_listen = format!("127.0.0.1:{tls_port}");
-    let broker = Broker::start_with(&[
-        "--tls-listen",
-        &tls_listen,
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ]);
+    let (broker, tls_port) = tls_broker(&cert, &key, &[]);
     let tls_addr = addr(tls_port);
 
     // A silent socket on the TLS port holds up nobody.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use mqtt_protocol::reading::{self, stream_id_for_device};
 use serde_json::Value;
 use support::peers::{self, Mosquitto, MosquittoSub, Program};
-use support::{num, publish, Broker, Subscriber};
+use support::{num, publish_ok, qos1_run_complete, Broker, Subscriber};
 
 /// Which broker a check runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,17 +27,18 @@ enum Target {
     Mosquitto,
 }
 
-/// Runs `check` against our broker and against a Mosquitto, at the same time (each on its
-/// own thread, each with its own broker), and fails if either check fails.
-fn on_both_brokers(check: impl Fn(Target, u16) + Sync) {
-    let Some(mosquitto) = peers::mosquitto() else {
+/// Runs `check` with `peer` (the third-party clients it drives) against our broker and
+/// against a Mosquitto, at the same time (each on its own thread, each with its own
+/// broker), and fails if either check fails. Skips when the peer or Mosquitto is missing.
+fn on_both_brokers<P: Sync>(peer: Option<P>, check: impl Fn(Target, u16, &P) + Sync) {
+    let (Some(peer), Some(mosquitto)) = (peer, peers::mosquitto()) else {
         return;
     };
     let ours = Broker::start();
     let theirs = Mosquitto::start(&mosquitto);
     std::thread::scope(|s| {
-        let a = s.spawn(|| check(Target::Ours, ours.port));
-        let b = s.spawn(|| check(Target::Mosquitto, theirs.port));
+        let a = s.spawn(|| check(Target::Ours, ours.port, &peer));
+        let b = s.spawn(|| check(Target::Mosquitto, theirs.port, &peer));
         let (a, b) = (a.join(), b.join());
         if let Err(panic) = a.and(b) {
             std::panic::resume_unwind(panic);
@@ -77,19 +78,60 @@ fn seed_summary(stdout: &str) -> (u64, u64, u64, u64, bool) {
     )
 }
 
-/// Starts the seed demo's paho subscriber for `count` messages and waits until our broker
-/// has its subscription (it prints `ready` before its SUBACK).
-fn start_seed_sub(python: &Path, seed: &Path, broker: &Broker, count: u64) -> Program {
-    let script = seed.join("seed_sub.py");
-    let (port, count) = (broker.port_arg(), count.to_string());
-    let mut sub = Program::spawn(
-        python,
-        &[script.to_str().expect("utf-8 path"), &port, &count, "60"],
-        Stdio::null(),
-    );
-    sub.wait_for_stdout("ready", Duration::from_secs(15), |o| o.contains("ready"));
-    peers::wait_for_subscription(broker, "seed-sub", Duration::from_secs(15));
-    sub
+/// Messages in each run of the demo's paho clients.
+const SEED_N: u64 = 5_000;
+
+/// The original demo's paho clients, `seed_pub.py` and `seed_sub.py`, and a Python with
+/// paho-mqtt to run them.
+struct SeedDemo {
+    python: PathBuf,
+    dir: PathBuf,
+}
+
+impl SeedDemo {
+    /// The demo, or `None` (the test skips) when Python with paho or the demo is missing.
+    fn find() -> Option<SeedDemo> {
+        let (Some(python), Some(dir)) = (peers::paho_python(), peers::seed_demo()) else {
+            return None;
+        };
+        Some(SeedDemo { python, dir })
+    }
+
+    /// Starts the paho subscriber for `count` messages and waits until our broker has its
+    /// subscription (it prints `ready` before its SUBACK).
+    fn start_sub(&self, broker: &Broker, count: u64) -> Program {
+        let script = self.dir.join("seed_sub.py");
+        let (port, count) = (broker.port_arg(), count.to_string());
+        let mut sub = Program::spawn(
+            &self.python,
+            &[script.to_str().expect("utf-8 path"), &port, &count, "60"],
+            Stdio::null(),
+        );
+        sub.wait_for_stdout("ready", Duration::from_secs(15), |o| o.contains("ready"));
+        peers::wait_for_subscription(broker, "seed-sub", Duration::from_secs(15));
+        sub
+    }
+
+    /// Runs the paho publisher for `count` messages to the end; panics unless it exits 0,
+    /// and returns what it printed.
+    fn run_pub(&self, broker: &Broker, count: u64) -> String {
+        let script = self.dir.join("seed_pub.py");
+        let (port, count) = (broker.port_arg(), count.to_string());
+        let args = [script.to_str().expect("utf-8 path"), &port, &count];
+        let (status, out) = peers::run(&self.python, &args, Duration::from_secs(120));
+        assert!(status.success(), "seed_pub.py: {status}\n{out}");
+        out
+    }
+}
+
+/// Waits for the demo's subscriber to end and asserts that it saw all `count` messages,
+/// none missing; returns how many it received, duplicates included.
+fn finish_seed_sub(mut sub: Program, count: u64) -> u64 {
+    let status = sub.wait(Duration::from_secs(60));
+    assert!(status.success(), "{}", sub.output());
+    let (received, unique, _dups, missing, ok) = seed_summary(&sub.stdout());
+    assert_eq!((unique, missing, ok), (count, 0, true), "{}", sub.stdout());
+    received
 }
 
 // --- Our clients with third-party brokers and clients ------------------------------------
@@ -99,26 +141,8 @@ fn our_publisher_and_subscriber_deliver_every_qos1_reading_through_mosquitto() {
     let Some(mosquitto) = peers::mosquitto() else {
         return;
     };
-    const N: u64 = 50_000;
     let broker = Mosquitto::start(&mosquitto);
-    let n = N.to_string();
-    let subscriber = Subscriber::start(broker.port, &["--count", &n, "--qos", "1"]);
-    let (status, published, stderr) = publish(
-        broker.port,
-        &["--count", &n, "--qos", "1"],
-        Duration::from_secs(120),
-    );
-    assert!(status.success(), "publisher: {status}\n{stderr}");
-    assert_eq!(num(&published, "published"), N);
-    assert_eq!(num(&published, "acked"), N);
-
-    let (status, verified) = subscriber.finish(Duration::from_secs(60));
-    assert!(status.success(), "subscriber: {status}: {verified}");
-    assert_eq!(num(&verified, "distinct"), N);
-    assert_eq!(num(&verified, "missing"), 0);
-    assert_eq!(num(&verified, "corrupt"), 0);
-    assert_eq!(verified["complete"], true);
-    assert_eq!(verified["streams"][0]["id"], published["stream_id"]);
+    qos1_run_complete(broker.port, 50_000, Duration::from_secs(120));
 }
 
 #[test]
@@ -134,12 +158,11 @@ fn mosquitto_sub_reads_every_json_reading_of_our_publisher_through_our_broker() 
         broker.port,
         &["-t", "sensors/#", "-q", "1", "-C", &n],
     );
-    let (status, published, stderr) = publish(
+    let (published, _) = publish_ok(
         broker.port,
         &["--count", &n, "--payload", "json"],
         Duration::from_secs(60),
     );
-    assert!(status.success(), "publisher: {status}\n{stderr}");
 
     let status = consumer.program.wait(Duration::from_secs(30));
     assert!(status.success(), "{}", consumer.program.output());
@@ -168,20 +191,16 @@ fn cli_lines(n: u64) -> impl Iterator<Item = String> {
     (1..=n).map(|i| format!("{{\"device_id\":\"cli\",\"seq\":{i}}}"))
 }
 
-/// `mosquitto_pub -l`: one QoS 1 message to `sensors/cli` per line of `stdin`.
-fn mosquitto_pub_lines(mosquitto_pub: &Path, port: &str, stdin: Stdio) -> Program {
-    let args = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        port,
-        "-t",
-        "sensors/cli",
-        "-q",
-        "1",
-        "-l",
-    ];
-    Program::spawn(mosquitto_pub, &args, stdin)
+/// `mosquitto_pub -l`: one message to `topic` at `qos` per line of `stdin`.
+fn mosquitto_pub_lines(
+    mosquitto_pub: &Path,
+    port: u16,
+    topic: &str,
+    qos: u8,
+    stdin: Stdio,
+) -> Program {
+    let qos = qos.to_string();
+    peers::spawn_mosquitto_pub(mosquitto_pub, port, &["-t", topic, "-q", &qos, "-l"], stdin)
 }
 
 #[test]
@@ -192,10 +211,17 @@ fn mosquitto_pub_lines_all_reach_our_subscriber_while_its_stdin_stays_open() {
     // More lines than MQTT's 16-bit message ids: the case the next test loses.
     const N: u64 = 70_000;
     let broker = Broker::start();
-    let n = N.to_string();
-    let subscriber = Subscriber::start(broker.port, &["--count", &n, "--idle-timeout", "5"]);
-    let port = broker.port_arg();
-    let mut feeder = mosquitto_pub_lines(&mosquitto_pub, &port, Stdio::piped());
+    let subscriber = Subscriber::start(
+        broker.port,
+        &["--count", &N.to_string(), "--idle-timeout", "5"],
+    );
+    let mut feeder = mosquitto_pub_lines(
+        &mosquitto_pub,
+        broker.port,
+        "sensors/cli",
+        1,
+        Stdio::piped(),
+    );
     let mut stdin = feeder.take_stdin();
     // Write from a thread (the pipe fills); hand the still open stdin back when done.
     let writer = std::thread::spawn(move || {
@@ -248,11 +274,12 @@ fn mosquitto_pub_exits_0_after_losing_a_wrap_of_message_ids_and_our_subscriber_c
     let dir = tempfile::tempdir().unwrap();
     let lines = peers::lines_file(dir.path(), "lines.txt", cli_lines(N));
     let broker = Broker::start();
-    let n = N.to_string();
-    let subscriber = Subscriber::start(broker.port, &["--count", &n, "--idle-timeout", "2"]);
-    let port = broker.port_arg();
+    let subscriber = Subscriber::start(
+        broker.port,
+        &["--count", &N.to_string(), "--idle-timeout", "2"],
+    );
     let lines = Stdio::from(std::fs::File::open(&lines).unwrap());
-    let mut feeder = mosquitto_pub_lines(&mosquitto_pub, &port, lines);
+    let mut feeder = mosquitto_pub_lines(&mosquitto_pub, broker.port, "sensors/cli", 1, lines);
     let status = feeder.wait(Duration::from_secs(60));
     assert!(
         status.success(),
@@ -288,72 +315,45 @@ fn mosquitto_pub_exits_0_after_losing_a_wrap_of_message_ids_and_our_subscriber_c
 
 #[test]
 fn the_demos_paho_clients_exchange_qos1_messages_through_our_broker() {
-    let (Some(python), Some(seed)) = (peers::paho_python(), peers::seed_demo()) else {
+    let Some(demo) = SeedDemo::find() else {
         return;
     };
-    const N: u64 = 5_000;
     let broker = Broker::start();
-    let mut sub = start_seed_sub(&python, &seed, &broker, N);
-    let script = seed.join("seed_pub.py");
-    let (status, out) = peers::run(
-        &python,
-        &[script.to_str().unwrap(), &broker.port_arg(), &N.to_string()],
-        Duration::from_secs(120),
-    );
-    assert!(status.success(), "seed_pub.py: {status}\n{out}");
-    assert!(out.contains(&format!("acked: {N}")), "{out}");
+    let sub = demo.start_sub(&broker, SEED_N);
+    let out = demo.run_pub(&broker, SEED_N);
+    assert!(out.contains(&format!("acked: {SEED_N}")), "{out}");
 
-    let status = sub.wait(Duration::from_secs(60));
-    assert!(status.success(), "{}", sub.output());
-    let (received, unique, _dups, missing, ok) = seed_summary(&sub.stdout());
-    assert!(received >= N, "{}", sub.stdout());
-    assert_eq!((unique, missing, ok), (N, 0, true), "{}", sub.stdout());
+    let received = finish_seed_sub(sub, SEED_N);
+    assert!(received >= SEED_N, "received {received}");
 }
 
 #[test]
 fn our_json_publisher_feeds_the_demos_paho_subscriber_through_our_broker() {
-    let (Some(python), Some(seed)) = (peers::paho_python(), peers::seed_demo()) else {
+    let Some(demo) = SeedDemo::find() else {
         return;
     };
-    const N: u64 = 5_000;
     let broker = Broker::start();
-    let mut sub = start_seed_sub(&python, &seed, &broker, N);
+    let sub = demo.start_sub(&broker, SEED_N);
     // seed_sub.py reads JSON and "seq": our JSON payload carries both.
-    let (status, _, stderr) = publish(
+    publish_ok(
         broker.port,
-        &["--count", &N.to_string(), "--payload", "json"],
+        &["--count", &SEED_N.to_string(), "--payload", "json"],
         Duration::from_secs(60),
     );
-    assert!(status.success(), "publisher: {status}\n{stderr}");
-    let status = sub.wait(Duration::from_secs(60));
-    assert!(status.success(), "{}", sub.output());
-    let (_, unique, _, missing, ok) = seed_summary(&sub.stdout());
-    assert_eq!((unique, missing, ok), (N, 0, true), "{}", sub.stdout());
+    finish_seed_sub(sub, SEED_N);
 }
 
 #[test]
 fn the_demos_paho_publisher_feeds_our_subscriber_through_our_broker() {
-    let (Some(python), Some(seed)) = (peers::paho_python(), peers::seed_demo()) else {
+    let Some(demo) = SeedDemo::find() else {
         return;
     };
-    const N: u64 = 5_000;
     let broker = Broker::start();
-    let subscriber = Subscriber::start(broker.port, &["--count", &N.to_string()]);
-    let script = seed.join("seed_pub.py");
-    let (status, out) = peers::run(
-        &python,
-        &[script.to_str().unwrap(), &broker.port_arg(), &N.to_string()],
-        Duration::from_secs(120),
-    );
-    assert!(status.success(), "seed_pub.py: {status}\n{out}");
+    let subscriber = Subscriber::start(broker.port, &["--count", &SEED_N.to_string()]);
+    demo.run_pub(&broker, SEED_N);
 
     // The demo's JSON has no checksum and no total: verified by sequence, per device.
-    let (status, verified) = subscriber.finish(Duration::from_secs(60));
-    assert!(status.success(), "subscriber: {status}: {verified}");
-    assert_eq!(verified["complete"], true);
-    assert_eq!(num(&verified, "distinct"), N);
-    assert_eq!(num(&verified, "missing"), 0);
-    assert_eq!(num(&verified, "corrupt"), 0);
+    let verified = subscriber.finish_complete(Duration::from_secs(60), SEED_N);
     let stream = &verified["streams"][0];
     assert_eq!(stream["device_id"], "sensor-1");
     assert_eq!(
@@ -371,21 +371,18 @@ fn the_demos_paho_publisher_feeds_our_subscriber_through_our_broker() {
 
 #[test]
 fn retained_messages_reach_late_subscribers_with_the_retain_flag() {
-    let Some((sub, pub_)) = mosquitto_clients() else {
-        return;
-    };
-    on_both_brokers(|target, port| {
+    on_both_brokers(mosquitto_clients(), |target, port, (sub, pub_)| {
         peers::mosquitto_pub_run(
-            &pub_,
+            pub_,
             port,
             &["-t", "interop/retained/a", "-q", "1", "-r", "-m", "first"],
         );
         peers::mosquitto_pub_run(
-            &pub_,
+            pub_,
             port,
             &["-t", "interop/retained/a", "-q", "1", "-r", "-m", "second"],
         );
-        let mut late = MosquittoSub::start(&sub, port, &["-t", "interop/retained/#", "-q", "1"]);
+        let mut late = MosquittoSub::start(sub, port, &["-t", "interop/retained/#", "-q", "1"]);
         let got = late.wait_messages(1, Duration::from_secs(5));
         assert_eq!(
             got[0],
@@ -399,7 +396,7 @@ fn retained_messages_reach_late_subscribers_with_the_retain_flag() {
         );
         // Only the latest retained message, once; a live message is not flagged retained.
         peers::mosquitto_pub_run(
-            &pub_,
+            pub_,
             port,
             &["-t", "interop/retained/a", "-q", "1", "-m", "live"],
         );
@@ -415,34 +412,31 @@ fn retained_messages_reach_late_subscribers_with_the_retain_flag() {
 
 #[test]
 fn only_an_empty_retained_publish_clears_a_retained_message() {
-    let Some((sub, pub_)) = mosquitto_clients() else {
-        return;
-    };
-    on_both_brokers(|target, port| {
+    on_both_brokers(mosquitto_clients(), |target, port, (sub, pub_)| {
         // Both brokers: an empty *retained* publish clears the retained message (MQTT 3.3.1.3).
         peers::mosquitto_pub_run(
-            &pub_,
+            pub_,
             port,
             &["-t", "interop/empty/retained", "-q", "1", "-r", "-m", "old"],
         );
         peers::mosquitto_pub_run(
-            &pub_,
+            pub_,
             port,
             &["-t", "interop/empty/retained", "-q", "1", "-r", "-n"],
         );
-        let late = MosquittoSub::start(&sub, port, &["-t", "interop/empty/retained", "-q", "1"]);
+        let late = MosquittoSub::start(sub, port, &["-t", "interop/empty/retained", "-q", "1"]);
         assert_eq!(late.messages_settled(), [], "{target:?}");
 
         // An empty publish *without* retain must leave the retained message alone
         // (MQTT-3.3.1-12). Our broker keeps retained messages itself: rumqttd's router would
         // clear it on any empty payload.
         peers::mosquitto_pub_run(
-            &pub_,
+            pub_,
             port,
             &["-t", "interop/empty/plain", "-q", "1", "-r", "-m", "kept?"],
         );
-        peers::mosquitto_pub_run(&pub_, port, &["-t", "interop/empty/plain", "-q", "1", "-n"]);
-        let late = MosquittoSub::start(&sub, port, &["-t", "interop/empty/plain", "-q", "1"]);
+        peers::mosquitto_pub_run(pub_, port, &["-t", "interop/empty/plain", "-q", "1", "-n"]);
+        let late = MosquittoSub::start(sub, port, &["-t", "interop/empty/plain", "-q", "1"]);
         let got = payloads(&late.messages_settled()).join(",");
         assert_eq!(got, "kept?", "{target:?}");
     });
@@ -450,11 +444,8 @@ fn only_an_empty_retained_publish_clears_a_retained_message() {
 
 #[test]
 fn a_will_is_published_when_a_client_dies_and_not_when_it_disconnects() {
-    let Some((sub, pub_)) = mosquitto_clients() else {
-        return;
-    };
-    on_both_brokers(|target, port| {
-        let mut observer = MosquittoSub::start(&sub, port, &["-t", "interop/will/#", "-q", "1"]);
+    on_both_brokers(mosquitto_clients(), |target, port, (sub, pub_)| {
+        let mut observer = MosquittoSub::start(sub, port, &["-t", "interop/will/#", "-q", "1"]);
         let will = |topic: &'static str| {
             [
                 "--will-topic",
@@ -468,11 +459,11 @@ fn a_will_is_published_when_a_client_dies_and_not_when_it_disconnects() {
         // A clean DISCONNECT discards the will.
         let mut args = vec!["-t", "interop/will/chatter", "-q", "1", "-m", "hello"];
         args.extend(will("interop/will/clean"));
-        peers::mosquitto_pub_run(&pub_, port, &args);
+        peers::mosquitto_pub_run(pub_, port, &args);
         // A client that dies (SIGKILL: no DISCONNECT) has its will published.
         let mut args = vec!["-t", "interop/will/nothing", "-q", "1"];
         args.extend(will("interop/will/killed"));
-        let doomed = MosquittoSub::start(&sub, port, &args);
+        let doomed = MosquittoSub::start(sub, port, &args);
         doomed.program.signal(libc::SIGKILL);
 
         observer.wait_messages(2, Duration::from_secs(10));
@@ -494,16 +485,13 @@ fn a_will_is_published_when_a_client_dies_and_not_when_it_disconnects() {
 
 #[test]
 fn a_frozen_client_is_dropped_after_one_and_a_half_keep_alives_and_its_will_published() {
-    let Some((sub, _)) = mosquitto_clients() else {
-        return;
-    };
-    on_both_brokers(|target, port| {
+    on_both_brokers(mosquitto_clients(), |target, port, (sub, _)| {
         let mut observer =
-            MosquittoSub::start(&sub, port, &["-t", "interop/keepalive/#", "-q", "1"]);
+            MosquittoSub::start(sub, port, &["-t", "interop/keepalive/#", "-q", "1"]);
         // Keep-alive 5 s (mosquitto_sub's minimum); SIGSTOP freezes it: no PINGREQ, no
         // FIN, the TCP connection stays open. Only the keep-alive check can notice.
         let frozen = MosquittoSub::start(
-            &sub,
+            sub,
             port,
             &[
                 "-t",
@@ -536,34 +524,17 @@ fn a_frozen_client_is_dropped_after_one_and_a_half_keep_alives_and_its_will_publ
 
 #[test]
 fn qos2_delivers_each_message_exactly_once_with_the_full_handshake() {
-    let Some((sub, pub_)) = mosquitto_clients() else {
-        return;
-    };
     const N: usize = 1_000;
     let dir = tempfile::tempdir().unwrap();
     let lines = peers::lines_file(dir.path(), "numbers.txt", (1..=N).map(|i| i.to_string()));
-    on_both_brokers(|target, port| {
+    on_both_brokers(mosquitto_clients(), |target, port, (sub, pub_)| {
         let n = N.to_string();
         let mut consumer =
-            MosquittoSub::start(&sub, port, &["-t", "interop/qos2", "-q", "2", "-C", &n]);
+            MosquittoSub::start(sub, port, &["-t", "interop/qos2", "-q", "2", "-C", &n]);
         assert_eq!(consumer.granted_qos(), [2], "{target:?}");
-        let p = port.to_string();
-        let mut feeder = Program::spawn(
-            &pub_,
-            // Fewer lines than 65,535: no message-id wrap, so -l at end of input is safe.
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &p,
-                "-t",
-                "interop/qos2",
-                "-q",
-                "2",
-                "-l",
-            ],
-            Stdio::from(std::fs::File::open(&lines).unwrap()),
-        );
+        // Fewer lines than 65,535: no message-id wrap, so -l at end of input is safe.
+        let lines = Stdio::from(std::fs::File::open(&lines).unwrap());
+        let mut feeder = mosquitto_pub_lines(pub_, port, "interop/qos2", 2, lines);
         assert!(
             feeder.wait(Duration::from_secs(30)).success(),
             "{target:?}: {}",
@@ -591,13 +562,10 @@ fn qos2_delivers_each_message_exactly_once_with_the_full_handshake() {
 
 #[test]
 fn a_persistent_paho_session_gets_what_was_published_while_it_was_away() {
-    let Some(python) = peers::paho_python() else {
-        return;
-    };
     const N: u64 = 2_000;
-    on_both_brokers(|target, port| {
+    on_both_brokers(peers::paho_python(), |target, port, python| {
         // More than Mosquitto's default queue of 1,000 (our config lifts it).
-        let seen = peers::paho_check(&python, "session", port, &[&N.to_string()]);
+        let seen = peers::paho_check(python, "session", port, &[&N.to_string()]);
         assert_eq!(seen["first_session_present"], false, "{target:?}: {seen}");
         assert_eq!(seen["session_present"], true, "{target:?}: {seen}");
         let received: Vec<u64> = seen["received"]
@@ -612,11 +580,8 @@ fn a_persistent_paho_session_gets_what_was_published_while_it_was_away() {
 
 #[test]
 fn unsubscribe_stops_delivery() {
-    let Some(python) = peers::paho_python() else {
-        return;
-    };
-    on_both_brokers(|target, port| {
-        let seen = peers::paho_check(&python, "unsubscribe", port, &[]);
+    on_both_brokers(peers::paho_python(), |target, port, python| {
+        let seen = peers::paho_check(python, "unsubscribe", port, &[]);
         assert_eq!(
             seen,
             serde_json::json!({"before": ["before"], "unsuback": true, "after": []}),
@@ -627,12 +592,9 @@ fn unsubscribe_stops_delivery() {
 
 #[test]
 fn keep_alive_zero_is_accepted_by_both_brokers() {
-    let Some(python) = peers::paho_python() else {
-        return;
-    };
-    on_both_brokers(|_target, port| {
+    on_both_brokers(peers::paho_python(), |_target, port, python| {
         // MQTT 3.1.1 section 3.1.2.10: keep-alive 0 turns the keep-alive mechanism off.
-        let seen = peers::paho_check(&python, "keepalive0", port, &[]);
+        let seen = peers::paho_check(python, "keepalive0", port, &[]);
         assert_eq!(seen["connack"], true, "{seen}");
         assert_eq!(seen["accepted"], true, "{seen}");
         assert_eq!(seen["closed_by_broker"], false, "{seen}");

@@ -12,6 +12,7 @@ pub mod hardening;
 pub mod mqtt;
 pub mod peers;
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, ExitStatus};
 use std::sync::OnceLock;
@@ -248,6 +249,11 @@ impl Broker {
     pub fn port_arg(&self) -> String {
         self.port.to_string()
     }
+
+    /// The loopback address it listens on, for the test's own MQTT clients.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
 }
 
 /// A subscriber that has confirmed its subscription, writing its report to a file.
@@ -259,9 +265,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn start(port: u16, extra: &[&str]) -> Subscriber {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let report = dir.path().join("subscriber.json");
-        let mut proc = spawn_client("mqtt-subscriber", port, &report, extra);
+        let (mut proc, report, dir) = spawn_client("mqtt-subscriber", port, extra);
         proc.wait_for_stderr("subscribed to", Duration::from_secs(20));
         Subscriber {
             proc,
@@ -275,10 +279,92 @@ impl Subscriber {
         let status = self.proc.wait(timeout);
         (status, read_json(&self.report, &self.proc))
     }
+
+    /// Waits for the exit like [`Subscriber::finish`] and asserts a complete run of `n`
+    /// readings: exit 0, `n` distinct, none missing, none corrupt, `complete`. Returns the
+    /// report, for what a story checks beyond that.
+    pub fn finish_complete(self, timeout: Duration, n: u64) -> Value {
+        let (status, report) = self.finish(timeout);
+        assert!(status.success(), "subscriber failed: {status}: {report}");
+        assert_eq!(num(&report, "distinct"), n, "{report}");
+        assert_eq!(num(&report, "missing"), 0, "{report}");
+        assert_eq!(num(&report, "corrupt"), 0, "{report}");
+        assert_eq!(report["complete"], true, "{report}");
+        report
+    }
+
+    /// Kills the subscriber (SIGKILL: no goodbye, no last flush) and waits until it is gone.
+    pub fn kill(mut self) {
+        self.proc.signal(libc::SIGKILL);
+        self.proc.wait(Duration::from_secs(10));
+    }
 }
 
-/// Starts one of our clients against `port`, writing its JSON report to `report`.
-fn spawn_client(name: &str, port: u16, report: &Path, extra: &[&str]) -> Proc {
+/// A subscriber that keeps its session (a fixed client id) and its `--state` file across
+/// restarts, so that a run killed midway resumes where it was.
+pub struct Resumable {
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Resumable {
+    /// For `n` readings as client `client_id`, giving up `idle_timeout_s` seconds after the
+    /// last reading that came.
+    pub fn new(n: u64, client_id: &str, idle_timeout_s: u64) -> Resumable {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("subscriber.state");
+        let args = [
+            "--count",
+            &n.to_string(),
+            "--state",
+            state.to_str().expect("utf-8 path"),
+            "--client-id",
+            client_id,
+            "--idle-timeout",
+            &idle_timeout_s.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        Resumable { args, _dir: dir }
+    }
+
+    /// Starts it, or starts it again, against `port`.
+    pub fn start(&self, port: u16) -> Subscriber {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Subscriber::start(port, &args)
+    }
+}
+
+/// A publisher running in the background, writing its report to a file.
+pub struct Publisher {
+    pub proc: Proc,
+    report: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Publisher {
+    pub fn start(port: u16, extra: &[&str]) -> Publisher {
+        let (proc, report, dir) = spawn_client("mqtt-publisher", port, extra);
+        Publisher {
+            proc,
+            report,
+            _dir: dir,
+        }
+    }
+
+    /// Waits for the exit and returns its status, the JSON report and stderr.
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, Value, String) {
+        let status = self.proc.wait(timeout);
+        let report = read_json(&self.report, &self.proc);
+        (status, report, self.proc.stderr())
+    }
+}
+
+/// Starts one of our clients against `port`, writing its JSON report to a file in a
+/// scratch directory of its own: the process, the report's path and the directory.
+fn spawn_client(name: &str, port: u16, extra: &[&str]) -> (Proc, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join(format!("{name}.json"));
     let port = port.to_string();
     let mut args = vec![
         "--port",
@@ -287,17 +373,44 @@ fn spawn_client(name: &str, port: u16, report: &Path, extra: &[&str]) -> Proc {
         report.to_str().expect("utf-8 path"),
     ];
     args.extend_from_slice(extra);
-    Proc::spawn(name, &args)
+    (Proc::spawn(name, &args), report, dir)
 }
 
 /// Runs the publisher to completion; returns its status, JSON report and stderr.
 pub fn publish(port: u16, extra: &[&str], timeout: Duration) -> (ExitStatus, Value, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let report = dir.path().join("publisher.json");
-    let mut proc = spawn_client("mqtt-publisher", port, &report, extra);
-    let status = proc.wait(timeout);
-    let json = read_json(&report, &proc);
-    (status, json, proc.stderr())
+    Publisher::start(port, extra).finish(timeout)
+}
+
+/// Runs the publisher to completion like [`publish`] and panics, with its stderr, unless
+/// it exits 0; returns its JSON report and stderr.
+pub fn publish_ok(port: u16, extra: &[&str], timeout: Duration) -> (Value, String) {
+    let (status, report, stderr) = publish(port, extra, timeout);
+    assert!(status.success(), "publisher failed: {status}\n{stderr}");
+    (report, stderr)
+}
+
+/// Publishes `n` readings at full speed to the broker on `port` like [`publish_ok`], and
+/// asserts that the broker acknowledged every one; returns the publisher's report.
+pub fn publish_all(port: u16, n: u64, timeout: Duration) -> Value {
+    let (published, _) = publish_ok(port, &["--count", &n.to_string()], timeout);
+    assert_eq!(num(&published, "acked"), n, "{published}");
+    published
+}
+
+/// The pipeline's own story at QoS 1 through the broker on `port`: a subscriber waiting
+/// for `n` readings, then the publisher sending them. Asserts that all `n` were published,
+/// acknowledged and verified complete, in the publisher's stream, each process within
+/// `timeout`. Returns the publisher's stderr and the subscriber's report.
+pub fn qos1_run_complete(port: u16, n: u64, timeout: Duration) -> (String, Value) {
+    let count = n.to_string();
+    let subscriber = Subscriber::start(port, &["--count", &count, "--qos", "1"]);
+    let (published, stderr) = publish_ok(port, &["--count", &count, "--qos", "1"], timeout);
+    assert_eq!(num(&published, "published"), n);
+    assert_eq!(num(&published, "acked"), n);
+    let verified = subscriber.finish_complete(timeout, n);
+    // The subscriber names the publisher's stream.
+    assert_eq!(verified["streams"][0]["id"], published["stream_id"]);
+    (stderr, verified)
 }
 
 /// Reads a JSON report a process wrote.

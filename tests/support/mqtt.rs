@@ -83,6 +83,11 @@ pub struct Message {
     pub dup: bool,
 }
 
+/// The topics of `messages`, in order.
+pub fn topics(messages: &[Message]) -> Vec<&str> {
+    messages.iter().map(|m| m.topic.as_str()).collect()
+}
+
 /// How a CONNECT was answered, when it was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {

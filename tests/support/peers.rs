@@ -417,13 +417,18 @@ fn parse_messages(out: &str) -> Vec<Message> {
         .collect()
 }
 
-/// Runs `mosquitto_pub -h 127.0.0.1 -p PORT` with `args` to completion; panics unless it
-/// exits 0 within 10 s.
-pub fn mosquitto_pub_run(path: &Path, port: u16, args: &[&str]) {
+/// Starts `mosquitto_pub -h 127.0.0.1 -p PORT` with `args`, reading `stdin`.
+pub fn spawn_mosquitto_pub(path: &Path, port: u16, args: &[&str], stdin: Stdio) -> Program {
     let port = port.to_string();
     let mut all = vec!["-h", "127.0.0.1", "-p", &port];
     all.extend_from_slice(args);
-    let mut program = Program::spawn(path, &all, Stdio::null());
+    Program::spawn(path, &all, stdin)
+}
+
+/// Runs `mosquitto_pub -h 127.0.0.1 -p PORT` with `args` to completion; panics unless it
+/// exits 0 within 10 s.
+pub fn mosquitto_pub_run(path: &Path, port: u16, args: &[&str]) {
+    let mut program = spawn_mosquitto_pub(path, port, args, Stdio::null());
     let status = program.wait(Duration::from_secs(10));
     assert!(
         status.success(),

@@ -135,6 +135,14 @@ fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> Result<Proc
     Ok(Proc::spawn(name, &mut command, Some(dir))?)
 }
 
+/// Waits up to `timeout` for `needle` on `proc`'s stderr.
+fn wait_for_stderr(proc: &mut Proc, needle: &str, timeout: Duration) -> Result<()> {
+    proc.wait_until(&format!("{needle:?} on stderr"), timeout, |p| {
+        p.stderr().contains(needle)
+    })?;
+    Ok(())
+}
+
 /// Whether a client exited 0.
 fn success(exit: &Exit) -> bool {
     exit.status.success()
@@ -178,9 +186,7 @@ impl Scenario {
         }
         let subscriber = self.bin_dir.join("mqtt-subscriber");
         let mut sub = spawn("subscriber", &subscriber, &sub_args, dir)?;
-        sub.wait_until("subscription", Duration::from_secs(20), |p| {
-            p.stderr().contains("subscribed to")
-        })?;
+        wait_for_stderr(&mut sub, "subscribed to", Duration::from_secs(20))?;
         let mut args = strings(&[
             "--port",
             &pub_port.to_string(),
@@ -196,22 +202,15 @@ impl Scenario {
         let mut publisher = spawn("publisher", &program, &args, dir)?;
         let sub_exit = sub.wait(timeout)?;
         let pub_exit = publisher.wait(Duration::from_secs(30))?;
-        let wall_s = sub_exit.at.duration_since(started).as_secs_f64();
 
         let verified: VerifyReport = read_report(&sub_report, &sub)?;
         let published: PublishReport = read_report(&pub_report, &publisher)?;
         Ok(Measurement {
-            wall_s,
-            msgs_per_s: self.messages as f64 / wall_s,
             complete: success(&sub_exit) && success(&pub_exit) && verified.verdict.complete,
-            publisher_cpu_s: pub_exit.cpu_s,
-            subscriber_cpu_s: sub_exit.cpu_s,
-            publisher_rss_kib: pub_exit.peak_rss_kib,
-            subscriber_rss_kib: sub_exit.peak_rss_kib,
             publisher_msgs_per_s: Some(published.msgs_per_s),
             subscriber_msgs_per_s: Some(verified.msgs_per_s),
             latency_us: (verified.latency_us.samples > 0).then_some(verified.latency_us),
-            ..Measurement::default()
+            ..self.timed(started, &sub_exit, &pub_exit)
         })
     }
 
@@ -231,9 +230,7 @@ impl Scenario {
             &strings(&["subscribe", "--port", &port, "--count", &n]),
             dir,
         )?;
-        sub.wait_until("subscription", Duration::from_secs(20), |p| {
-            p.stderr().contains("subscribed")
-        })?;
+        wait_for_stderr(&mut sub, "subscribed", Duration::from_secs(20))?;
         let started = Instant::now();
         let mut publisher = spawn(
             "plain-publisher",
@@ -251,21 +248,13 @@ impl Scenario {
         )?;
         let sub_exit = sub.wait(timeout)?;
         let pub_exit = publisher.wait(Duration::from_secs(30))?;
-        let wall_s = sub_exit.at.duration_since(started).as_secs_f64();
         let received: BaselineReport = parse_stdout(&sub)?;
         let published: BaselineReport = parse_stdout(&publisher)?;
         Ok(Measurement {
-            wall_s,
-            msgs_per_s: self.messages as f64 / wall_s,
             complete: success(&sub_exit) && success(&pub_exit) && received.complete,
-            publisher_cpu_s: pub_exit.cpu_s,
-            subscriber_cpu_s: sub_exit.cpu_s,
-            publisher_rss_kib: pub_exit.peak_rss_kib,
-            subscriber_rss_kib: sub_exit.peak_rss_kib,
             publisher_msgs_per_s: Some(published.msgs_per_s),
             subscriber_msgs_per_s: Some(received.msgs_per_s),
-            latency_us: None,
-            ..Measurement::default()
+            ..self.timed(started, &sub_exit, &pub_exit)
         })
     }
 
@@ -292,9 +281,7 @@ impl Scenario {
             p.stdout().contains("ready")
         })?;
         // `ready` comes before the SUBACK; Mosquitto logs the subscription itself.
-        broker.wait_until("the seed subscription", Duration::from_secs(10), |p| {
-            p.stderr().contains("seed-sub 1 sensors/data")
-        })?;
+        wait_for_stderr(broker, "seed-sub 1 sensors/data", Duration::from_secs(10))?;
         let started = Instant::now();
         let mut publisher = spawn(
             "seed-pub",
@@ -304,7 +291,6 @@ impl Scenario {
         )?;
         let sub_exit = sub.wait(timeout)?;
         let pub_exit = publisher.wait(Duration::from_secs(60))?;
-        let wall_s = sub_exit.at.duration_since(started).as_secs_f64();
         let sub_out = sub.stdout();
         let summary = sub_out.lines().last().unwrap_or("");
         let complete = summary.contains("missing 0 ") && summary.ends_with("ok=True");
@@ -327,18 +313,26 @@ impl Scenario {
             );
         }
         Ok(Measurement {
+            complete: complete && success(&pub_exit),
+            publisher_msgs_per_s: pub_secs.map(|s| self.messages as f64 / s),
+            subscriber_msgs_per_s: sub_secs.map(|s| self.messages as f64 / s),
+            ..self.timed(started, &sub_exit, &pub_exit)
+        })
+    }
+
+    /// What every row measures the same way: the wall time from the publisher's start to
+    /// the subscriber's exit, the rate that makes, and each client's CPU time and memory.
+    fn timed(&self, started: Instant, sub_exit: &Exit, pub_exit: &Exit) -> Measurement {
+        let wall_s = sub_exit.at.duration_since(started).as_secs_f64();
+        Measurement {
             wall_s,
             msgs_per_s: self.messages as f64 / wall_s,
-            complete: complete && success(&pub_exit),
             publisher_cpu_s: pub_exit.cpu_s,
             subscriber_cpu_s: sub_exit.cpu_s,
             publisher_rss_kib: pub_exit.peak_rss_kib,
             subscriber_rss_kib: sub_exit.peak_rss_kib,
-            publisher_msgs_per_s: pub_secs.map(|s| self.messages as f64 / s),
-            subscriber_msgs_per_s: sub_secs.map(|s| self.messages as f64 / s),
-            latency_us: None,
             ..Measurement::default()
-        })
+        }
     }
 }
 

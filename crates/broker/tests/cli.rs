@@ -21,8 +21,7 @@ fn port_zero_prints_the_real_address_and_serves_mqtt() {
     TcpStream::connect_timeout(&addr, WAIT).expect("TCP connect to the printed address");
     assert_eq!(mqtt_handshake(addr, "story-1"), CONNACK_ACCEPTED);
 
-    broker.signal(libc::SIGTERM);
-    assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
+    stop(&mut broker, libc::SIGTERM);
     assert!(
         broker.stdout_lines().is_empty(),
         "exactly one line on stdout"
@@ -35,8 +34,7 @@ fn port_zero_prints_the_real_address_and_serves_mqtt() {
 fn sigint_stops_it_cleanly_too() {
     let mut broker = Broker::start(&["--listen", "127.0.0.1:0"]);
     broker.ready();
-    broker.signal(libc::SIGINT);
-    assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
+    stop(&mut broker, libc::SIGINT);
 }
 
 #[test]
@@ -64,53 +62,55 @@ fn a_port_in_use_is_a_clear_error() {
     );
 }
 
-/// The `error:` lines of a run's stderr: there must be exactly one, naming the file.
-fn error_line(stderr: &str) -> String {
+/// Runs the broker with `args` from the workspace root and expects it refused: exit 1
+/// and exactly one `error:` line, which is returned.
+fn refused(args: &[&str]) -> String {
+    let (code, _, stderr) = run_to_end(args, &workspace_root());
+    assert_eq!(code, Some(1), "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     errors[0].to_owned()
 }
 
-#[test]
-fn an_unknown_key_is_a_one_line_error_naming_file_and_key() {
-    let file = TempFile::new("unknown-key.toml", "[listener]\nadress = \"127.0.0.1:0\"\n");
-    let (code, _, stderr) = run_to_end(&["--config", file.path()], &workspace_root());
-    assert_eq!(code, Some(1), "{stderr}");
-    let line = error_line(&stderr);
-    assert!(line.contains(file.path()), "{line}");
-    assert!(line.contains("[listener] adress"), "{line}");
+/// Sends `signal` and expects the broker to exit 0 within 5 s.
+fn stop(broker: &mut Broker, signal: i32) {
+    broker.signal(signal);
+    assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
 }
 
 #[test]
-fn a_wrong_type_is_a_one_line_error_naming_file_and_key() {
-    let file = TempFile::new("wrong-type.toml", "[router]\nmax_segment_count = \"ten\"\n");
-    let (code, _, stderr) = run_to_end(&["--config", file.path()], &workspace_root());
-    assert_eq!(code, Some(1), "{stderr}");
-    let line = error_line(&stderr);
-    assert!(line.contains(file.path()), "{line}");
-    assert!(line.contains("[router] max_segment_count"), "{line}");
+fn an_unknown_key_or_a_wrong_type_is_a_one_line_error_naming_file_and_key() {
+    let cases = [
+        (
+            "unknown-key.toml",
+            "[listener]\nadress = \"127.0.0.1:0\"\n",
+            "[listener] adress",
+        ),
+        (
+            "wrong-type.toml",
+            "[router]\nmax_segment_count = \"ten\"\n",
+            "[router] max_segment_count",
+        ),
+    ];
+    for (name, text, key) in cases {
+        let file = TempFile::new(name, text);
+        let line = refused(&["--config", file.path()]);
+        assert!(line.contains(file.path()), "{line}");
+        assert!(line.contains(key), "{line}");
+    }
 }
 
 #[test]
 fn a_value_rumqttd_would_panic_on_is_refused() {
     let file = TempFile::new("tiny-segment.toml", "[router]\nmax_segment_size = 100\n");
-    let (code, _, stderr) = run_to_end(
-        &["--config", file.path(), "--check-config"],
-        &workspace_root(),
-    );
-    assert_eq!(code, Some(1), "{stderr}");
-    let line = error_line(&stderr);
+    let line = refused(&["--config", file.path(), "--check-config"]);
     assert!(line.contains("[router] max_segment_size = 100"), "{line}");
 }
 
 #[test]
 fn a_missing_explicit_config_is_an_error() {
-    let (code, _, stderr) = run_to_end(&["--config", "no/such/broker.toml"], &workspace_root());
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        error_line(&stderr).contains("no/such/broker.toml"),
-        "{stderr}"
-    );
+    let line = refused(&["--config", "no/such/broker.toml"]);
+    assert!(line.contains("no/such/broker.toml"), "{line}");
 }
 
 #[test]
@@ -208,8 +208,7 @@ fn aborted_connections_are_not_errors_and_do_not_harm_the_broker() {
     let addr = broker.ready();
     abuse(addr, 50);
     assert_eq!(mqtt_handshake(addr, "after-abuse"), CONNACK_ACCEPTED);
-    broker.signal(libc::SIGTERM);
-    assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
+    stop(&mut broker, libc::SIGTERM);
 
     let stderr = broker.stderr();
     assert!(
@@ -235,8 +234,7 @@ fn with_debug_each_aborted_handshake_is_one_debug_line() {
     let addr = broker.ready();
     abuse(addr, 10);
     assert_eq!(mqtt_handshake(addr, "after-abuse"), CONNACK_ACCEPTED);
-    broker.signal(libc::SIGTERM);
-    assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
+    stop(&mut broker, libc::SIGTERM);
 
     let stderr = broker.stderr();
     assert!(!stderr.contains("ERROR"), "{stderr}");
@@ -282,48 +280,29 @@ fn check_config_covers_tls_and_the_password_file() {
 
     // A TLS address without its files, and files that are not what they claim.
     let file = TempFile::new("tls-nocert.toml", "[tls]\naddress = \"127.0.0.1:8884\"\n");
-    let (code, _, stderr) = run_to_end(
-        &["--config", file.path(), "--check-config"],
-        &workspace_root(),
-    );
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(error_line(&stderr).contains("[tls] cert_file"), "{stderr}");
+    let line = refused(&["--config", file.path(), "--check-config"]);
+    assert!(line.contains("[tls] cert_file"), "{line}");
     let key_arg = key.to_str().unwrap();
-    let (code, _, stderr) = run_to_end(
-        &[
-            "--check-config",
-            "--tls-cert",
-            key_arg,
-            "--tls-key",
-            key_arg,
-        ],
-        &workspace_root(),
-    );
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        error_line(&stderr).contains("no PEM certificate"),
-        "{stderr}"
-    );
+    let line = refused(&[
+        "--check-config",
+        "--tls-cert",
+        key_arg,
+        "--tls-key",
+        key_arg,
+    ]);
+    assert!(line.contains("no PEM certificate"), "{line}");
 
     // A password file with a clear-text password is refused.
     let passwd = TempFile::new("passwd", "alice:wonderland\n");
-    let (code, _, stderr) = run_to_end(
-        &["--check-config", "--password-file", passwd.path()],
-        &workspace_root(),
-    );
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(error_line(&stderr).contains("line 1"), "{stderr}");
+    let line = refused(&["--check-config", "--password-file", passwd.path()]);
+    assert!(line.contains("line 1"), "{line}");
 
     // A client id limit MQTT does not allow.
     let file = TempFile::new("id.toml", "[connections]\nmax_client_id_len = 5\n");
-    let (code, _, stderr) = run_to_end(
-        &["--config", file.path(), "--check-config"],
-        &workspace_root(),
-    );
-    assert_eq!(code, Some(1), "{stderr}");
+    let line = refused(&["--config", file.path(), "--check-config"]);
     assert!(
-        error_line(&stderr).contains("[connections] max_client_id_len = 5"),
-        "{stderr}"
+        line.contains("[connections] max_client_id_len = 5"),
+        "{line}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -332,8 +311,7 @@ fn check_config_covers_tls_and_the_password_file() {
 fn anonymous_access_beyond_loopback_is_warned_about() {
     let mut broker = Broker::start(&["--listen", "0.0.0.0:0"]);
     broker.ready();
-    broker.signal(libc::SIGTERM);
-    assert_eq!(broker.wait(Duration::from_secs(5)).code(), Some(0));
+    stop(&mut broker, libc::SIGTERM);
     let stderr = broker.stderr();
     assert!(stderr.contains("WITHOUT AUTHENTICATION"), "{stderr}");
 }
