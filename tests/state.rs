@@ -25,7 +25,12 @@ impl Setup {
     fn new(n: u64) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         Setup {
-            broker: Broker::start(),
+            // These stories stop or kill the subscriber while the publisher runs on: the
+            // broker's logs must hold a whole run (the default of 4 x 256 KiB holds ~13,600
+            // readings, then flow control holds the publisher, see tests/flow_control.rs).
+            broker: Broker::start_with_config(
+                "[router]\nmax_segment_size = 1048576\nmax_segment_count = 8\n",
+            ),
             n,
             count: n.to_string(),
             state: dir.path().join("sub.state"),
