@@ -1,17 +1,20 @@
-//! The rumqttc behaviours the publisher's ledger (crates/publisher/src/ledger.rs) relies
-//! on, checked against our real broker, so that a rumqttc that changes one of them fails
+//! The rumqttc behaviours the publisher's ledger and batched writes
+//! (crates/publisher/src/ledger.rs) rely on, checked against our real broker, so that a rumqttc that changes one of them fails
 //! here, loudly, instead of quietly losing readings. rumqttc is pinned to the version
 //! these hold for (=0.25.1 in Cargo.toml); move the pin only with this test green.
 
 mod support;
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use mqtt_publisher::ledger;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS};
 use support::Broker;
 
 const N: u16 = 5;
+/// How long a batch's write may make no progress.
+const STALL: Duration = Duration::from_secs(5);
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Polls `eventloop` until `done(event)` has held `count` times; panics with `what` after
@@ -131,4 +134,135 @@ async fn the_ledger_keeps_what_a_restarted_broker_lost() {
         outgoing, N,
         "rumqttc's state no longer reports what send_again wrote as Outgoing::Publish"
     );
+}
+
+/// A client of our own, connected to `port` with an in-flight window of `window`.
+async fn connected(id: &str, port: u16, window: u16) -> (AsyncClient, EventLoop) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_inflight(window);
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    poll_until(&mut eventloop, "CONNACK", 1, |e| {
+        matches!(e, Event::Incoming(Incoming::ConnAck(_)))
+    })
+    .await;
+    (client, eventloop)
+}
+
+fn reading(i: u8) -> Publish {
+    Publish::new("ledger/batch", QoS::AtLeastOnce, vec![i])
+}
+
+/// The events rumqttc queued in its state, taken out as the flat-out driver does.
+fn queued_events(eventloop: &mut EventLoop) -> Vec<Event> {
+    eventloop.state.events.drain(..).collect()
+}
+
+/// What the flat-out publisher (crates/publisher/src/batched.rs) relies on when it
+/// writes readings in batches through rumqttc's state (`ledger::write_batch`) and polls
+/// the event loop only for acknowledgements.
+#[tokio::test(flavor = "current_thread")]
+async fn batches_go_through_rumqttcs_state_within_its_window() {
+    const W: u16 = 5;
+    let broker = Broker::start();
+    let (_client, mut eventloop) = connected("batch-probe", broker.port, W).await;
+    assert_eq!(ledger::room(&eventloop), usize::from(W));
+
+    // 1. A batch takes as many publishes as the window has room for; rumqttc numbers
+    //    them, counts them in flight and queues an Outgoing::Publish event for each.
+    let mut queue: VecDeque<Publish> = (0..8).map(reading).collect();
+    let handed = ledger::write_batch(&mut eventloop, &mut queue, STALL)
+        .await
+        .expect("batch written");
+    assert_eq!((handed, queue.len()), (usize::from(W), 3));
+    assert_eq!(eventloop.state.inflight(), W);
+    assert_eq!(ledger::room(&eventloop), 0, "the window is full");
+    let written: Vec<Event> = (1..=W)
+        .map(|pkid| Event::Outgoing(Outgoing::Publish(pkid)))
+        .collect();
+    assert_eq!(
+        queued_events(&mut eventloop),
+        written,
+        "rumqttc's state no longer queues one Outgoing::Publish per publish written, \
+         with packet ids 1..=window: the publisher would miscount"
+    );
+
+    // 2. The broker acknowledges all of them (one flush sent them); polling the event
+    //    loop frees the window.
+    poll_until(&mut eventloop, "acks of the batch", W.into(), |e| {
+        matches!(e, Event::Incoming(Incoming::PubAck(_)))
+    })
+    .await;
+    assert_eq!(eventloop.state.inflight(), 0);
+    assert_eq!(ledger::room(&eventloop), usize::from(W));
+
+    // 3. A publish whose packet id is still in flight (as when a broker acknowledges out
+    //    of order) collides: the batch stops there, rumqttc keeps it in its collision
+    //    slot, and sends it itself once that id is acknowledged.
+    let mut in_flight_id = reading(100);
+    in_flight_id.pkid = 1;
+    let mut queue: VecDeque<Publish> = [reading(10), reading(11), in_flight_id, reading(12)]
+        .into_iter()
+        .collect();
+    let handed = ledger::write_batch(&mut eventloop, &mut queue, STALL)
+        .await
+        .expect("batch written");
+    assert_eq!((handed, queue.len()), (3, 1));
+    assert!(eventloop.state.collision.is_some());
+    assert_eq!(
+        ledger::room(&eventloop),
+        0,
+        "no batch while a collision waits"
+    );
+    assert_eq!(
+        queued_events(&mut eventloop),
+        [
+            Event::Outgoing(Outgoing::Publish(1)),
+            Event::Outgoing(Outgoing::Publish(2)),
+            Event::Outgoing(Outgoing::AwaitAck(1)),
+        ]
+    );
+    let mut resolved = 0;
+    let mut acked = 0;
+    tokio::time::timeout(WAIT, async {
+        while acked < 3 {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Publish(1))) => resolved += 1,
+                Ok(Event::Incoming(Incoming::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("after a collision: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("collision: {resolved} resolved, {acked} of 3 acknowledged"));
+    assert_eq!(
+        resolved, 1,
+        "rumqttc did not send the collided publish itself"
+    );
+    assert!(eventloop.state.collision.is_none());
+    assert_eq!(ledger::room(&eventloop), usize::from(W));
+
+    // 4. After a batch the broker never acknowledged, EventLoop::clean (what the driver
+    //    calls when a batch fails, as rumqttc's poll does on an error) hands every
+    //    publish in flight to the ledger with its packet id.
+    broker.proc.signal(libc::SIGSTOP);
+    let handed = ledger::write_batch(&mut eventloop, &mut queue, STALL)
+        .await
+        .expect("batch written");
+    assert_eq!(handed, 1);
+    let mut queue: VecDeque<Publish> = (20..30).map(reading).collect();
+    let handed = ledger::write_batch(&mut eventloop, &mut queue, STALL)
+        .await
+        .expect("batch written");
+    assert_eq!(handed, usize::from(W) - 1);
+    eventloop.clean();
+    assert_eq!(ledger::room(&eventloop), 0, "no batch without a connection");
+    let unacked = ledger::take_unacknowledged(&mut eventloop);
+    assert_eq!(
+        (unacked.resends(), unacked.fresh.len()),
+        (u64::from(W), 0),
+        "EventLoop::clean no longer hands back what write_batch put in flight"
+    );
+    broker.proc.signal(libc::SIGCONT);
 }
