@@ -118,18 +118,39 @@ fn a_flat_out_publisher_whose_connection_is_cut_again_and_again_loses_nothing() 
     let count = N.to_string();
     for qos in ["1", "2"] {
         let broker = Broker::start();
-        let proxy = ChaosProxy::start(broker.port, 10, 60);
+        // Held until the publisher is connected: a client fails fast until its first
+        // CONNACK, by design, and the proxy cuts every 10-60 ms.
+        let proxy = ChaosProxy::start_held(broker.port, 10, 60);
         // The subscriber connects directly: only the publisher's connection is cut, with
         // a full window of readings in flight each time, written in batches.
         let subscriber =
             Subscriber::start(broker.port, &["--count", &count, "--idle-timeout", "10"]);
-        let (status, published, stderr) = publish(
-            proxy.port,
-            &["--count", &count, "--qos", qos],
-            Duration::from_secs(120),
+        let dir = tempfile::tempdir().unwrap();
+        let pub_report = dir.path().join("pub.json");
+        let proxy_port = proxy.port.to_string();
+        let mut publisher = support::Proc::spawn(
+            "mqtt-publisher",
+            &[
+                "--port",
+                &proxy_port,
+                "--count",
+                &count,
+                "--qos",
+                qos,
+                "--report-json",
+                pub_report.to_str().unwrap(),
+            ],
         );
+        publisher.wait_for_stderr("connected; publishing", Duration::from_secs(30));
+        proxy.unleash();
+        let status = publisher.wait(Duration::from_secs(120));
+        let published = support::read_json(&pub_report, &publisher);
         let cuts = proxy.cuts();
-        assert!(status.success(), "QoS {qos}: {published}\n{stderr}");
+        assert!(
+            status.success(),
+            "QoS {qos}: {published}\n{}",
+            publisher.stderr()
+        );
         assert_eq!(num(&published, "published"), N, "QoS {qos}: {published}");
         assert_eq!(num(&published, "acked"), N, "QoS {qos}: {published}");
         let (status, report) = subscriber.finish(Duration::from_secs(120));
