@@ -32,12 +32,13 @@ use std::time::{Duration, Instant};
 
 use mqtt_client::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::timing::now_unix_us;
-use rumqttc::{ConnectionError, EventLoop, Publish, QoS};
+use rumqttc::{ConnectionError, Event, EventLoop, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
 use crate::device::{finish, tally, Connected, Identity, Outcome, Plan, Shared};
 use crate::encoder::Encoder;
 use crate::ledger;
+use crate::packet_ids::PacketIds;
 use crate::watch::{Watch, Woke};
 use crate::PublisherArgs;
 
@@ -61,24 +62,29 @@ pub(crate) async fn run(
         mut eventloop,
     } = device;
     let qos = args.client.qos;
+    let min_batch = (args.inflight / BATCH_SHARE).max(1);
     let mut readings = Readings::new(&args, &identity, stream_id, plan);
-    let mut outcome = Outcome::new(identity.clone(), stream_id, args.inflight);
+    let mut books = Books {
+        outcome: Outcome::new(identity.clone(), stream_id, args.inflight),
+        resends_due: 0,
+        ids: PacketIds::new(args.inflight, qos),
+        qos,
+        shared: &shared,
+    };
     let mut watch = Watch::new(&args, &shutdown);
     // Publishes to write, oldest first: never-sent ones a lost connection handed back,
     // then readings encoded just before their batch.
     let mut queue: VecDeque<Publish> = VecDeque::with_capacity(usize::from(args.inflight));
-    // Outgoing publishes still to come that are resends of unacknowledged readings.
-    let mut resends_due: u64 = 0;
-    let min_batch = u64::from((args.inflight / BATCH_SHARE).max(1));
     let stall = Duration::from_secs(args.client.broker.connect_timeout);
 
     'run: loop {
         // What rumqttc queued since (the publishes just written, the rest of an ack batch).
         for event in ledger::queued_events(&mut eventloop) {
-            if tally(&mut outcome, &mut resends_due, &event, qos, &shared) {
+            if books.see(&event) {
                 watch.activity += 1;
             }
         }
+        let outcome = &books.outcome;
         let to_send = if watch.in_grace() {
             0
         } else {
@@ -88,12 +94,12 @@ pub(crate) async fn run(
             break;
         }
         let room = ledger::room(&eventloop);
-        let lost = if to_send > 0 && room > 0 && room as u64 >= to_send.min(min_batch) {
+        let lost = if to_send > 0 && room > 0 && room as u64 >= to_send.min(min_batch.into()) {
             readings.fill(&mut queue, room);
-            let write = ledger::write_batch(&mut eventloop, &mut queue, stall);
+            let write = ledger::write_batch(&mut eventloop, &mut queue, &mut books.ids, stall);
             tokio::pin!(write);
             loop {
-                match watch.wait(&mut outcome, write.as_mut()).await {
+                match watch.wait(&mut books.outcome, write.as_mut()).await {
                     Woke::Done(Ok(_)) => continue 'run,
                     Woke::Done(Err(e)) => break e,
                     // The batch goes out; nothing new after it.
@@ -105,17 +111,20 @@ pub(crate) async fn run(
             let poll = eventloop.poll();
             tokio::pin!(poll);
             loop {
-                match watch.wait(&mut outcome, poll.as_mut()).await {
+                match watch.wait(&mut books.outcome, poll.as_mut()).await {
                     Woke::Done(Ok(event)) => {
-                        if tally(&mut outcome, &mut resends_due, &event, qos, &shared) {
+                        if books.see(&event) {
                             watch.activity += 1;
                         }
                         continue 'run;
                     }
-                    // rumqttc has moved what was in flight to its pending queue already.
                     Woke::Done(Err(e)) => break e,
                     // Everything sent is acknowledged: nothing left to wait for.
-                    Woke::Interrupted if outcome.confirmed(qos) >= outcome.published => break 'run,
+                    Woke::Interrupted
+                        if books.outcome.confirmed(qos) >= books.outcome.published =>
+                    {
+                        break 'run
+                    }
                     Woke::Interrupted => {}
                     Woke::Stop => break 'run,
                 }
@@ -125,28 +134,33 @@ pub(crate) async fn run(
         // Events of the lost connection still queued (a publish whose write failed, acks
         // read in the last batch) count under its rules.
         for event in ledger::events_left(&mut eventloop, &lost) {
-            tally(&mut outcome, &mut resends_due, &event, qos, &shared);
+            books.see(&event);
         }
         if args.client.reconnect.reconnect_for == 0 {
-            outcome.lost = Some(lost.to_string());
+            books.outcome.lost = Some(lost.to_string());
             break;
         }
         match resume(&mut eventloop, lost, &args, &mut queue, &shutdown).await {
             Ok(resends) => {
-                outcome.reconnects += 1;
-                resends_due = resends;
+                books.outcome.reconnects += 1;
+                books.resends_due = resends;
                 watch.activity += 1;
             }
             Err(ReconnectError::Interrupted) => {
-                outcome.interrupted = true;
+                books.outcome.interrupted = true;
                 break;
             }
             Err(e) => {
-                outcome.lost = Some(e.to_string());
+                books.outcome.lost = Some(e.to_string());
                 break;
             }
         }
     }
+    let Books {
+        mut outcome,
+        mut resends_due,
+        ..
+    } = books;
     finish(
         &client,
         &mut eventloop,
@@ -157,6 +171,31 @@ pub(crate) async fn run(
     )
     .await;
     outcome
+}
+
+/// What a device has counted: its outcome, the resends still to come after a reconnect,
+/// and the packet ids in flight.
+struct Books<'a> {
+    outcome: Outcome,
+    /// Outgoing publishes still to come that are resends of unacknowledged readings.
+    resends_due: u64,
+    ids: PacketIds,
+    qos: u8,
+    shared: &'a Shared,
+}
+
+impl Books<'_> {
+    /// Counts one event; returns whether it shows progress.
+    fn see(&mut self, event: &Event) -> bool {
+        self.ids.see(event);
+        tally(
+            &mut self.outcome,
+            &mut self.resends_due,
+            event,
+            self.qos,
+            self.shared,
+        )
+    }
 }
 
 /// Rides out a lost connection keeping every reading (see [`ledger`]): publishes that

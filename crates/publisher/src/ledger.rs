@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use rumqttc::{ConnectionError, Event, EventLoop, Incoming, Publish, Request, StateError};
 
+use crate::packet_ids::PacketIds;
+
 /// What a lost connection left behind.
 pub struct Unacknowledged {
     /// Requests that went out before (publishes with a packet id), to write again.
@@ -148,22 +150,27 @@ pub fn room(eventloop: &EventLoop) -> usize {
     usize::from(limit.saturating_sub(eventloop.state.inflight()))
 }
 
-/// Writes publishes from the front of `queue` through rumqttc's state machine (packet
-/// ids, in-flight table, an `Outgoing::Publish` event each, as its event loop would), as
-/// many as [`room`] allows, then flushes them in one go. Stops early at a packet-id
-/// collision (rumqttc keeps that publish and sends it when the id is free). Returns how
-/// many publishes it handed to rumqttc. A write or the flush that makes no progress for
-/// `stall` fails with `FlushTimeout`, as rumqttc's own flush does: the connection is
-/// then lost.
+/// Writes publishes from the front of `queue` through rumqttc's state machine (in-flight
+/// table, an `Outgoing::Publish` event each, as its event loop would), as many as [`room`]
+/// allows, under packet ids from `ids` (see [`crate::packet_ids`]), then flushes them in one
+/// go. Returns how many publishes it handed to rumqttc. A write or the flush that makes
+/// no progress for `stall` fails with `FlushTimeout`, as rumqttc's own flush does: the
+/// connection is then lost.
+///
+/// Should rumqttc find an id taken after all (its collision), the publish comes straight
+/// back from its collision slot to the front of `queue`, that id counts as taken, and the
+/// next is tried: no publish is ever left in that slot, whose release rumqttc gets wrong
+/// at QoS 2.
 ///
 /// Nothing is lost if it fails: a publish leaves the queue only when rumqttc's state
 /// takes it, synchronously, before the write that may wait (for room in the socket), so
-/// it is then in the in-flight table (or the collision slot), where `EventLoop::clean`
-/// ([`drop_connection`]) finds it and the ledger sends it again. Dropped half-way (only
-/// when the run stops), the publish being written counts as published but never went out.
+/// it is then in the in-flight table, where `EventLoop::clean` ([`drop_connection`])
+/// finds it and the ledger sends it again. Dropped half-way (only when the run stops),
+/// the publish being written counts as published but never went out.
 pub async fn write_batch(
     eventloop: &mut EventLoop,
     queue: &mut VecDeque<Publish>,
+    ids: &mut PacketIds,
     stall: Duration,
 ) -> Result<usize, ConnectionError> {
     let mut room = room(eventloop);
@@ -172,18 +179,28 @@ pub async fn write_batch(
     };
     let mut handed = 0;
     while room > 0 {
-        let Some(publish) = queue.pop_front() else {
+        let Some(id) = ids.take() else {
             break;
         };
-        handed += 1;
+        let Some(mut publish) = queue.pop_front() else {
+            ids.release(id);
+            break;
+        };
+        publish.pkid = id;
         match eventloop
             .state
             .handle_outgoing_packet(Request::Publish(publish))?
         {
             Some(packet) => within(stall, network.write(packet)).await?,
-            // A collision: rumqttc holds the publish in `state.collision`.
-            None => break,
+            None => {
+                if let Some(mut collided) = eventloop.state.collision.take() {
+                    collided.pkid = 0;
+                    queue.push_front(collided);
+                }
+                continue;
+            }
         }
+        handed += 1;
         room -= 1;
     }
     if handed > 0 {

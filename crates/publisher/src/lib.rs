@@ -11,6 +11,7 @@ mod device;
 mod encoder;
 pub mod ledger;
 pub mod pacing;
+pub mod packet_ids;
 mod queued;
 pub mod report;
 mod sensor;
