@@ -65,7 +65,8 @@ pub(crate) async fn run(
     let min_batch = (args.inflight / BATCH_SHARE).max(1);
     let mut readings = Readings::new(&args, &identity, stream_id, plan);
     let mut books = Books {
-        outcome: Outcome::new(identity.clone(), stream_id, args.inflight),
+        // The window holds the publisher back whenever it has no room for a batch.
+        outcome: Outcome::new(identity.clone(), stream_id, args.inflight - min_batch + 1),
         resends_due: 0,
         ids: PacketIds::new(args.inflight, qos),
         qos,

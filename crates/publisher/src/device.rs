@@ -109,7 +109,9 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn new(identity: Identity, stream_id: u64, inflight: u16) -> Outcome {
+    /// The window counts as full (holding the publisher back) from `full_at` readings
+    /// in flight.
+    pub(crate) fn new(identity: Identity, stream_id: u64, full_at: u16) -> Outcome {
         Outcome {
             identity,
             stream_id,
@@ -119,7 +121,7 @@ impl Outcome {
             reconnects: 0,
             interrupted: false,
             lost: None,
-            window: WindowClock::new(inflight),
+            window: WindowClock::new(full_at),
         }
     }
 
