@@ -148,8 +148,9 @@ fn a_flat_out_publisher_whose_connection_is_cut_again_and_again_loses_nothing() 
         let cuts = proxy.cuts();
         assert!(
             status.success(),
-            "QoS {qos}: {published}\n{}",
-            publisher.stderr()
+            "QoS {qos}: {published}\n{}\nbroker: {}",
+            tail(&publisher.stderr()),
+            tail(&broker.proc.stderr())
         );
         assert_eq!(num(&published, "published"), N, "QoS {qos}: {published}");
         assert_eq!(num(&published, "acked"), N, "QoS {qos}: {published}");
@@ -165,6 +166,15 @@ fn a_flat_out_publisher_whose_connection_is_cut_again_and_again_loses_nothing() 
             "QoS {qos}: {published}"
         );
     }
+}
+
+/// The end of a long log, for a failure message.
+fn tail(log: &str) -> &str {
+    let start = log.len().saturating_sub(4000);
+    let start = (start..log.len())
+        .find(|&i| log.is_char_boundary(i))
+        .unwrap_or(log.len());
+    &log[start..]
 }
 
 /// The last `Messages ...: N` count a process printed.
