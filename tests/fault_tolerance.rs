@@ -1,4 +1,5 @@
-//! Faults at QoS 1: a subscriber killed mid-run, connections cut, a slow consumer.
+//! Faults at QoS 1 (and QoS 2 for the flat-out publisher): a subscriber killed mid-run,
+//! connections cut, a broker killed, restarted or stopped.
 //! Nothing acknowledged may be lost silently; what is lost must be counted exactly.
 
 mod support;
@@ -111,6 +112,71 @@ fn connections_cut_dozens_of_times_lose_nothing() {
     assert!(num(&report, "reconnects") >= 1, "{report}");
 }
 
+#[test]
+fn a_flat_out_publisher_whose_connection_is_cut_again_and_again_loses_nothing() {
+    const N: u64 = 300_000;
+    let count = N.to_string();
+    for qos in ["1", "2"] {
+        let broker = Broker::start();
+        // Held until the publisher is connected: a client fails fast until its first
+        // CONNACK, by design, and the proxy cuts every 10-60 ms.
+        let proxy = ChaosProxy::start_held(broker.port, 10, 60);
+        // The subscriber connects directly: only the publisher's connection is cut, with
+        // a full window of readings in flight each time, written in batches.
+        let subscriber =
+            Subscriber::start(broker.port, &["--count", &count, "--idle-timeout", "10"]);
+        let dir = tempfile::tempdir().unwrap();
+        let pub_report = dir.path().join("pub.json");
+        let proxy_port = proxy.port.to_string();
+        let mut publisher = support::Proc::spawn(
+            "mqtt-publisher",
+            &[
+                "--port",
+                &proxy_port,
+                "--count",
+                &count,
+                "--qos",
+                qos,
+                "--report-json",
+                pub_report.to_str().unwrap(),
+            ],
+        );
+        publisher.wait_for_stderr("connected; publishing", Duration::from_secs(30));
+        proxy.unleash();
+        let status = publisher.wait(Duration::from_secs(120));
+        let published = support::read_json(&pub_report, &publisher);
+        let cuts = proxy.cuts();
+        assert!(
+            status.success(),
+            "QoS {qos}: {published}\n{}\nbroker: {}",
+            tail(&publisher.stderr()),
+            tail(&broker.proc.stderr())
+        );
+        assert_eq!(num(&published, "published"), N, "QoS {qos}: {published}");
+        assert_eq!(num(&published, "acked"), N, "QoS {qos}: {published}");
+        let (status, report) = subscriber.finish(Duration::from_secs(120));
+        eprintln!("QoS {qos}: {cuts} cuts; publisher: {published}; subscriber: {report}");
+        assert!(status.success(), "QoS {qos}: {report}");
+        assert_eq!(num(&report, "missing"), 0, "QoS {qos}: {report}");
+        assert_eq!(num(&report, "distinct"), N, "QoS {qos}: {report}");
+        // The run is short: it must still have been cut, and resent what was in flight.
+        assert!(num(&published, "reconnects") >= 2, "QoS {qos}: {published}");
+        assert!(
+            num(&published, "republished") >= 1,
+            "QoS {qos}: {published}"
+        );
+    }
+}
+
+/// The end of a long log, for a failure message.
+fn tail(log: &str) -> &str {
+    let start = log.len().saturating_sub(4000);
+    let start = (start..log.len())
+        .find(|&i| log.is_char_boundary(i))
+        .unwrap_or(log.len());
+    &log[start..]
+}
+
 /// The last `Messages ...: N` count a process printed.
 fn last_progress(stderr: &str, label: &str) -> u64 {
     stderr
@@ -211,6 +277,84 @@ fn assert_lost_only_around_the_crash(
             first + 1000 > received_at_kill && first <= published_at_kill + 1000,
             "missing {first}..={last} does not start at the crash: {report}"
         );
+    }
+}
+
+#[test]
+fn a_broker_killed_and_restarted_under_a_flat_out_publisher_loses_only_what_it_held() {
+    const N: u64 = 400_000;
+    let count = N.to_string();
+    for qos in ["1", "2"] {
+        let broker = Broker::start();
+        let port = broker.port;
+        let subscriber = Subscriber::start(
+            port,
+            &[
+                "--count",
+                &count,
+                "--client-id",
+                &format!("flat-out-restart-sub-{qos}"),
+                "--idle-timeout",
+                "5",
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let pub_report = dir.path().join("pub.json");
+        let port_arg = port.to_string();
+        // Flat out: the broker dies with a full window of batched readings in flight.
+        let mut publisher = support::Proc::spawn(
+            "mqtt-publisher",
+            &[
+                "--port",
+                &port_arg,
+                "--count",
+                &count,
+                "--qos",
+                qos,
+                "--report-json",
+                pub_report.to_str().unwrap(),
+            ],
+        );
+        publisher.wait_for_stderr("Messages published: 50000\n", Duration::from_secs(60));
+        let mut broker = broker;
+        broker.proc.signal(libc::SIGKILL);
+        broker.proc.wait(Duration::from_secs(10));
+        let received_at_kill = last_progress(&subscriber.proc.stderr(), "Messages received:");
+        let published_at_kill = last_progress(&publisher.stderr(), "Messages published:");
+        let _restarted = Broker::start_with_listen(&format!("127.0.0.1:{port}"));
+
+        let status = publisher.wait(Duration::from_secs(180));
+        let published = support::read_json(&pub_report, &publisher);
+        assert!(
+            status.success(),
+            "QoS {qos}: {published}\n{}",
+            publisher.stderr()
+        );
+        assert_eq!(num(&published, "published"), N, "QoS {qos}: {published}");
+        assert_eq!(
+            num(&published, "acked"),
+            N,
+            "QoS {qos}: the ledger re-sends what was not acknowledged: {published}"
+        );
+        assert!(num(&published, "reconnects") >= 1, "QoS {qos}: {published}");
+        assert!(
+            num(&published, "republished") >= 1,
+            "QoS {qos}: {published}"
+        );
+        let (_, report) = subscriber.finish(Duration::from_secs(180));
+        let (distinct, missing) = (num(&report, "distinct"), num(&report, "missing"));
+        eprintln!(
+            "QoS {qos}: at the kill {published_at_kill} published, {received_at_kill} received; \
+             afterwards {distinct} distinct, {missing} missing; {report}"
+        );
+        // The broker keeps nothing across a restart: what it held is lost, and counted.
+        assert_eq!(distinct + missing, N, "QoS {qos}: {report}");
+        assert_eq!(num(&report, "corrupt"), 0, "QoS {qos}: {report}");
+        assert!(num(&report, "reconnects") >= 1, "QoS {qos}: {report}");
+        // The publisher counts a batch's readings once the batch is written: its progress
+        // lines may lag what went out by one window (1,000).
+        assert_lost_only_around_the_crash(&report, received_at_kill, published_at_kill + 1000);
+        assert!(missing < N / 4, "QoS {qos}: {report}");
     }
 }
 

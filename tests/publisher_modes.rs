@@ -1,12 +1,13 @@
 //! The publisher's simulation modes, end to end with the real binaries: several devices
-//! in one process, a paced rate, and publishing for a duration instead of a count.
+//! in one process, a paced rate, publishing for a duration instead of a count, and flat
+//! out (batched writes) at each QoS level.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use support::{num, publish, Broker, Subscriber};
+use support::{num, publish, Broker, Proc, Subscriber};
 
 #[test]
 fn several_devices_each_publish_a_complete_stream_of_their_own() {
@@ -106,4 +107,117 @@ fn a_duration_run_announces_no_total_and_reports_what_it_sent() {
     assert!(status.success(), "subscriber failed: {status}: {verified}");
     let stream = &verified["streams"][0];
     assert_eq!((num(stream, "total"), num(stream, "distinct")), (0, 500));
+}
+
+#[test]
+fn every_qos_level_publishes_flat_out_with_its_own_acknowledgements() {
+    const N: u64 = 20_000;
+    let count = N.to_string();
+    for qos in ["0", "1", "2"] {
+        let broker = Broker::start();
+        let subscriber = Subscriber::start(
+            broker.port,
+            &["--count", &count, "--qos", qos, "--idle-timeout", "2"],
+        );
+        // A small window, so that it fills and frees many times over.
+        let (status, published, stderr) = publish(
+            broker.port,
+            &["--count", &count, "--qos", qos, "--inflight", "50"],
+            Duration::from_secs(60),
+        );
+        assert!(status.success(), "QoS {qos}: {status}\n{stderr}");
+        assert_eq!(num(&published, "qos"), qos.parse::<u64>().unwrap());
+        assert_eq!(num(&published, "published"), N, "QoS {qos}: {published}");
+        // PUBACKs at QoS 1, PUBCOMPs at QoS 2, nothing to count at QoS 0.
+        let acked = if qos == "0" { 0 } else { N };
+        assert_eq!(num(&published, "acked"), acked, "QoS {qos}: {published}");
+        assert_eq!(num(&published, "republished"), 0, "QoS {qos}: {published}");
+        assert_eq!(published["complete"], true, "QoS {qos}: {published}");
+        assert!(
+            stderr.contains(&format!("Total messages published: {N}")),
+            "QoS {qos}: {stderr}"
+        );
+        let (status, verified) = subscriber.finish(Duration::from_secs(60));
+        assert_eq!(num(&verified, "corrupt"), 0, "QoS {qos}: {verified}");
+        assert_eq!(num(&verified, "foreign"), 0, "QoS {qos}: {verified}");
+        if qos == "0" {
+            // QoS 0 promises nothing; what came is checked all the same.
+            assert!(num(&verified, "distinct") <= N, "{verified}");
+        } else {
+            assert!(status.success(), "QoS {qos}: {verified}");
+            assert_eq!(num(&verified, "distinct"), N, "QoS {qos}: {verified}");
+            // Nothing was cut, so nothing came twice (at QoS 2 nothing ever may).
+            assert_eq!(num(&verified, "duplicates"), 0, "QoS {qos}: {verified}");
+        }
+    }
+}
+
+#[test]
+fn a_flat_out_duration_run_stops_on_time_with_everything_acknowledged() {
+    // The subscriber cannot know the total: it is told more than will come, and the
+    // stream's one gap must then be exactly what was never sent.
+    const MORE: u64 = 100_000_000;
+    let broker = Broker::start();
+    let subscriber = Subscriber::start(
+        broker.port,
+        &["--count", &MORE.to_string(), "--idle-timeout", "2"],
+    );
+    let started = Instant::now();
+    let (status, published, stderr) =
+        publish(broker.port, &["--duration", "1"], Duration::from_secs(60));
+    let wall = started.elapsed();
+    assert!(status.success(), "publisher failed: {status}\n{stderr}");
+    let sent = num(&published, "published");
+    assert!(sent > 1000, "{published}");
+    assert_eq!(num(&published, "acked"), sent, "{published}");
+    assert_eq!(num(&published, "count"), 0, "{published}");
+    assert_eq!(published["duration_s"], 1.0);
+    assert_eq!(published["complete"], true);
+    // It stops making readings at the end and only collects what is still in flight.
+    let elapsed = published["elapsed_s"].as_f64().expect("elapsed");
+    assert!((1.0..4.0).contains(&elapsed), "{published}");
+    assert!(wall < Duration::from_secs(15), "took {wall:?}");
+
+    let (_, verified) = subscriber.finish(Duration::from_secs(60));
+    let stream = &verified["streams"][0];
+    assert_eq!(stream["id"], published["stream_id"], "{verified}");
+    assert_eq!((num(stream, "total"), num(stream, "distinct")), (0, sent));
+    assert_eq!(num(stream, "duplicates"), 0, "{verified}");
+    assert_eq!(
+        stream["missing_ranges"],
+        serde_json::json!([[sent + 1, MORE]]),
+        "readings 1..={sent} arrived, and nothing beyond: {verified}"
+    );
+    assert_eq!(num(&verified, "corrupt"), 0, "{verified}");
+}
+
+#[test]
+fn a_flat_out_run_interrupted_at_qos_2_still_collects_its_pubcomps() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("p.json");
+    let port = broker.port_arg();
+    let mut publisher = Proc::spawn(
+        "mqtt-publisher",
+        &[
+            "--port",
+            &port,
+            "--qos",
+            "2",
+            "--count",
+            "100000000",
+            "--report-json",
+            report.to_str().unwrap(),
+        ],
+    );
+    publisher.wait_for_stderr("Messages published: 5000\n", Duration::from_secs(30));
+    publisher.signal(libc::SIGINT);
+    let status = publisher.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(130), "{}", publisher.stderr());
+    let report = support::read_json(&report, &publisher);
+    assert_eq!(report["interrupted"], true);
+    let (published, acked) = (num(&report, "published"), num(&report, "acked"));
+    assert!((5000..100_000_000).contains(&published), "{report}");
+    // Whatever was written before the signal completed its exchange in the grace period.
+    assert_eq!(acked, published, "{report}");
 }

@@ -13,16 +13,26 @@ pub struct ChaosProxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
     calm: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
     cuts: Arc<AtomicU64>,
 }
 
 impl ChaosProxy {
     pub fn start(upstream: u16, min_ms: u64, max_ms: u64) -> ChaosProxy {
+        let proxy = ChaosProxy::start_held(upstream, min_ms, max_ms);
+        proxy.unleash();
+        proxy
+    }
+
+    /// A proxy that cuts nothing until [`ChaosProxy::unleash`]: a client's first
+    /// connection must survive (before its first CONNACK a client fails fast, by design).
+    pub fn start_held(upstream: u16, min_ms: u64, max_ms: u64) -> ChaosProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("proxy addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let calm = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(true));
         let cuts = Arc::new(AtomicU64::new(0));
         let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
 
@@ -42,6 +52,7 @@ impl ChaosProxy {
         });
 
         let (stop_cut, calm_cut, cuts_cut) = (stop.clone(), calm.clone(), cuts.clone());
+        let held_cut = held.clone();
         thread::spawn(move || {
             let mut state = 0x9e37_79b9_7f4a_7c15u64;
             // Bounded: at most ten thousand cuts, and only until the proxy is dropped.
@@ -53,6 +64,9 @@ impl ChaosProxy {
                 thread::sleep(Duration::from_millis(pause));
                 if stop_cut.load(Ordering::Relaxed) || calm_cut.load(Ordering::Relaxed) {
                     return;
+                }
+                if held_cut.load(Ordering::Relaxed) {
+                    continue;
                 }
                 let mut streams = live.lock().unwrap();
                 if !streams.is_empty() {
@@ -67,8 +81,14 @@ impl ChaosProxy {
             port,
             stop,
             calm,
+            held,
             cuts,
         }
+    }
+
+    /// Starts cutting (a proxy from [`ChaosProxy::start_held`]).
+    pub fn unleash(&self) {
+        self.held.store(false, Ordering::Relaxed);
     }
 
     /// Connections cut so far.

@@ -478,6 +478,17 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// Ends a session politely: sends DISCONNECT and polls (briefly) until it is written, so
 /// the broker sees a clean goodbye (and does not publish a will).
 pub async fn disconnect(client: &rumqttc::AsyncClient, eventloop: &mut EventLoop) {
+    disconnect_seeing(client, eventloop, |_| {}).await;
+}
+
+/// [`disconnect`], handing each event polled on the way to `seen`: what was queued before
+/// the DISCONNECT still goes out, and acknowledgements still arrive, and a publisher
+/// counts them.
+pub async fn disconnect_seeing(
+    client: &rumqttc::AsyncClient,
+    eventloop: &mut EventLoop,
+    mut seen: impl FnMut(&Event),
+) {
     if client.try_disconnect().is_err() {
         return;
     }
@@ -485,7 +496,7 @@ pub async fn disconnect(client: &rumqttc::AsyncClient, eventloop: &mut EventLoop
         loop {
             match eventloop.poll().await {
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
+                Ok(event) => seen(&event),
             }
         }
     })

@@ -5,12 +5,17 @@
 //! stream; every device publishes a count of readings or for a duration, flat out or
 //! paced (`--rate`). All devices connect first, then start together.
 
+mod batched;
 pub mod cli;
 mod device;
+mod encoder;
 pub mod ledger;
 pub mod pacing;
+pub mod packet_ids;
+mod queued;
 pub mod report;
 mod sensor;
+mod watch;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -26,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use cli::PublisherArgs;
-use device::{Connected, Encoder, Identity, Plan, Shared};
+use device::{Connected, Identity, Plan, Shared};
+use encoder::Encoder;
 use pacing::{stagger, Schedule};
 pub use report::{DeviceStream, RunReport};
 

@@ -1,0 +1,231 @@
+//! A device driven through rumqttc's request channel, for paced runs (`--rate`) and QoS 0:
+//! a *producer* task encodes each reading when it is due and hands it to the bounded
+//! channel (which blocks it while the window is full), and the *driver* polls the event
+//! loop, which writes one request per wake-up, counting what went out and what came back.
+//! A paced reading goes out the moment it is due, alone, which is what pacing asks for.
+//!
+//! The poll is never dropped half-way while the run goes on ([`Watch::wait`]): rumqttc's
+//! `poll` is not cancel-safe, and one dropped while it writes a reading taken from the
+//! channel would leave that reading counted as sent but never written.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mqtt_client::reconnect::{reconnect, ReconnectError};
+use mqtt_protocol::timing::now_unix_us;
+use rumqttc::{AsyncClient, ConnectionError, EventLoop, Publish};
+use tokio_util::sync::CancellationToken;
+
+use crate::device::{finish, tally, Connected, Identity, Outcome, Plan, Shared};
+use crate::encoder::Encoder;
+use crate::ledger;
+use crate::watch::{Watch, Woke};
+use crate::PublisherArgs;
+
+/// Publishes according to `plan` and counts what the broker acknowledged.
+pub(crate) async fn run(
+    device: Connected,
+    args: Arc<PublisherArgs>,
+    plan: Plan,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Outcome {
+    let Connected {
+        identity,
+        stream_id,
+        client,
+        mut eventloop,
+    } = device;
+    let handed_over = Arc::new(AtomicU64::new(0));
+    let stop_producing = shutdown.child_token();
+    let producer = tokio::spawn(produce(
+        client.clone(),
+        args.clone(),
+        identity.clone(),
+        stream_id,
+        plan,
+        handed_over.clone(),
+        stop_producing.clone(),
+    ));
+
+    let mut outcome = Outcome::new(identity, stream_id, args.inflight);
+    let qos = args.client.qos;
+    // Outgoing publishes still to come that are resends of unacknowledged readings.
+    let mut resends_due: u64 = 0;
+    let mut watch = Watch::new(&args, &shutdown);
+
+    loop {
+        // What was handed over, or went out: whichever the driver has seen more of.
+        let target = handed_over.load(Ordering::Acquire).max(outcome.published);
+        if outcome.confirmed(qos) >= target && producer.is_finished() {
+            break;
+        }
+        let polled = {
+            let poll = eventloop.poll();
+            tokio::pin!(poll);
+            loop {
+                match watch.wait(&mut outcome, poll.as_mut()).await {
+                    Woke::Done(polled) => break Some(polled),
+                    // The producer stops (its token is a child of the interrupt's); what it
+                    // handed over still goes out.
+                    Woke::Interrupted => {}
+                    Woke::Stop => break None,
+                }
+            }
+        };
+        match polled {
+            None => break,
+            Some(Ok(event)) => {
+                if tally(&mut outcome, &mut resends_due, &event, qos, &shared) {
+                    watch.activity += 1;
+                }
+            }
+            Some(Err(e)) => {
+                // Events of the lost connection still queued (a publish whose write
+                // failed, acks read in the last batch) count under its rules.
+                for event in ledger::events_left(&mut eventloop, &e) {
+                    tally(&mut outcome, &mut resends_due, &event, qos, &shared);
+                }
+                if args.client.reconnect.reconnect_for == 0 {
+                    outcome.lost = Some(e.to_string());
+                    break;
+                }
+                match resume(
+                    &mut eventloop,
+                    e,
+                    &args,
+                    &client,
+                    &stop_producing,
+                    &shutdown,
+                )
+                .await
+                {
+                    Ok(resends) => {
+                        outcome.reconnects += 1;
+                        resends_due = resends;
+                        watch.activity += 1;
+                    }
+                    Err(ReconnectError::Interrupted) => {
+                        outcome.interrupted = true;
+                        break;
+                    }
+                    Err(e) => {
+                        outcome.lost = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    stop_producing.cancel();
+    finish(
+        &client,
+        &mut eventloop,
+        &mut outcome,
+        &mut resends_due,
+        qos,
+        &shared,
+    )
+    .await;
+    outcome
+}
+
+/// Rides out a lost connection keeping every reading (see [`ledger`]): publishes that
+/// went out before are written again at once after the CONNACK, first; the driver counts
+/// the first `resends` outgoing publishes as resends, the number returned. Publishes
+/// never sent go back through the request channel on a task of their own, under
+/// rumqttc's flow control.
+async fn resume(
+    eventloop: &mut EventLoop,
+    lost: ConnectionError,
+    args: &PublisherArgs,
+    client: &AsyncClient,
+    stop: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<u64, ReconnectError> {
+    let unacked = ledger::take_unacknowledged(eventloop);
+    let resends = unacked.resends();
+    tokio::spawn(republish(client.clone(), unacked.fresh, stop.clone()));
+    // rumqttc clears its (now empty) pending queue on a CONNACK without a session; the
+    // ledger goes back after it either way.
+    reconnect(
+        eventloop,
+        lost,
+        &args.client.broker,
+        &args.client.reconnect,
+        shutdown,
+    )
+    .await?;
+    ledger::send_again(eventloop, unacked.ledger).await;
+    Ok(resends)
+}
+
+/// Hands never-sent publishes back to rumqttc's request channel, in order, waiting for
+/// room as the producer does.
+async fn republish(client: AsyncClient, fresh: Vec<Publish>, stop: CancellationToken) {
+    for p in fresh {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            sent = client.publish_bytes(p.topic.clone(), p.qos, p.retain, p.payload) => {
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Encodes and hands over readings until the plan is done or told to stop.
+async fn produce(
+    client: AsyncClient,
+    args: Arc<PublisherArgs>,
+    identity: Identity,
+    stream_id: u64,
+    plan: Plan,
+    handed_over: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    let qos = mqtt_client::connect::qos(args.client.qos);
+    let mut encoder = Encoder::new(&args, &identity.device_id, stream_id, plan.count);
+    let last = match (plan.count, plan.schedule, plan.end) {
+        (Some(count), _, _) => count,
+        // Paced for a duration: exactly the readings due before the end.
+        (None, Some(schedule), Some(end)) => schedule.due_before(end),
+        (None, _, _) => u64::MAX,
+    };
+    for seq in 1..=last {
+        if stop.is_cancelled() {
+            return;
+        }
+        let sent_at_us = match &plan.schedule {
+            Some(schedule) => {
+                let due = schedule.due(seq);
+                if due > Instant::now() {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due.into()) => {}
+                        () = stop.cancelled() => return,
+                    }
+                }
+                schedule.intended_unix_us(seq)
+            }
+            None => {
+                if plan.end.is_some_and(|end| Instant::now() >= end) {
+                    return;
+                }
+                now_unix_us()
+            }
+        };
+        let payload = encoder.encode(seq, sent_at_us);
+        // Not raced against `stop`: a send abandoned half-way may still reach the event
+        // loop, and then it would go out uncounted. The driver keeps polling meanwhile.
+        if client
+            .publish_bytes(identity.topic.as_str(), qos, false, payload)
+            .await
+            .is_err()
+        {
+            return; // The event loop is gone; the driver reports why.
+        }
+        handed_over.store(seq, Ordering::Release);
+    }
+}
