@@ -154,6 +154,19 @@ fn what_is_not_a_websocket_handshake_is_closed_and_the_listener_keeps_serving() 
         publish(ws, &["--ws", "--count", "100"], Duration::from_secs(30));
     assert!(status.success(), "{stderr}");
     assert_eq!(num(&report, "acked"), 100);
+
+    // A client on the wrong kind of port is told which flag to check.
+    let publisher = bin("mqtt-publisher");
+    let mqtt_port = broker.port_arg();
+    let wrong = ["--ws", "--port", &mqtt_port, "--count", "1"];
+    let (status, _, stderr) = run(&publisher, &wrong, &[], b"", Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("leave --ws out"), "{stderr}");
+    let ws_port = ws.to_string();
+    let wrong = ["--port", &ws_port, "--count", "1"];
+    let (status, _, stderr) = run(&publisher, &wrong, &[], b"", Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("needs --ws"), "{stderr}");
     drop(broker);
 
     // Off unless asked for. The broker writes all its listening lines in one write, so the

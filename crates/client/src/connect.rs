@@ -263,8 +263,9 @@ fn tls_client_config(ca: Option<&CaFile>) -> rustls::ClientConfig {
 }
 
 /// What to check when the broker closes the connection before its CONNACK.
-const HANDSHAKE_HINT: &str = "check credentials (--username and MQTT_PASSWORD) and TLS (a TLS \
-     port needs --tls/--ca-file, a plain port must not have them)";
+const HANDSHAKE_HINT: &str = "check credentials (--username and MQTT_PASSWORD), TLS (a TLS \
+     port needs --tls/--ca-file, a plain port must not have them) and WebSockets (a WebSocket \
+     port needs --ws)";
 
 /// Why the first connection to the broker failed, in words a user can act on.
 #[derive(Debug, Error)]
@@ -291,6 +292,12 @@ pub enum ConnectError {
          connect with --tls (and --ca-file)"
     )]
     NotMqtt { addr: String, detail: String },
+    #[error(
+        "no WebSocket handshake with the server at {addr} ({detail}): --ws needs the broker's \
+         WebSocket port (mqtt-broker --ws-listen; Mosquitto's `protocol websockets`); for its \
+         MQTT port, leave --ws out"
+    )]
+    NotWebSocket { addr: String, detail: String },
     #[error(
         "TLS handshake with the MQTT broker at {addr} failed: {detail}. Check --ca-file (the CA \
          that signed the broker's certificate), --host (it must match the certificate) and that \
@@ -430,6 +437,14 @@ fn classify(e: ConnectionError, addr: &str, secs: u64) -> ConnectError {
         }
         ConnectionError::Io(source) => ConnectError::Unreachable { addr, source },
         ConnectionError::NetworkTimeout => ConnectError::Timeout { addr, secs },
+        ConnectionError::Websocket(e) => ConnectError::NotWebSocket {
+            addr,
+            detail: e.to_string(),
+        },
+        ConnectionError::ResponseValidation(e) => ConnectError::NotWebSocket {
+            addr,
+            detail: e.to_string(),
+        },
         ConnectionError::ConnectionRefused(code) => ConnectError::Refused {
             addr,
             reason: refusal_reason(code),
