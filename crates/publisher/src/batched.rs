@@ -27,7 +27,6 @@
 //! The run ends when every reading was made and each one published was acknowledged.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqtt_client::reconnect::{reconnect, ReconnectError};
@@ -35,7 +34,7 @@ use mqtt_protocol::timing::now_unix_us;
 use rumqttc::{ConnectionError, Event, EventLoop, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
-use crate::device::{finish, tally, Connected, Identity, Outcome, Plan, Shared};
+use crate::device::{finish, tally, Connected, Identity, Job, Outcome, Plan, Shared};
 use crate::encoder::Encoder;
 use crate::ledger;
 use crate::packet_ids::PacketIds;
@@ -48,19 +47,20 @@ use crate::PublisherArgs;
 const BATCH_SHARE: u16 = 8;
 
 /// Publishes according to `plan` (not paced) and counts what the broker acknowledged.
-pub(crate) async fn run(
-    device: Connected,
-    args: Arc<PublisherArgs>,
-    plan: Plan,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) -> Outcome {
-    let Connected {
-        identity,
-        stream_id,
-        client,
-        mut eventloop,
-    } = device;
+pub(crate) async fn run(job: Job) -> Outcome {
+    let Job {
+        device:
+            Connected {
+                identity,
+                stream_id,
+                client,
+                mut eventloop,
+            },
+        args,
+        plan,
+        shared,
+        shutdown,
+    } = job;
     let qos = args.client.qos;
     let min_batch = (args.inflight / BATCH_SHARE).max(1);
     let mut readings = Readings::new(&args, &identity, stream_id, plan);

@@ -175,18 +175,22 @@ impl WindowClock {
     }
 }
 
-/// Publishes according to `plan` and counts what the broker acknowledged.
-pub async fn run(
-    device: Connected,
-    args: Arc<PublisherArgs>,
-    plan: Plan,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) -> Outcome {
-    if plan.schedule.is_none() && args.client.qos > 0 {
-        crate::batched::run(device, args, plan, shared, shutdown).await
+/// One device's run: its connection, what to publish, and what it shares with the others.
+pub struct Job {
+    pub device: Connected,
+    pub args: Arc<PublisherArgs>,
+    pub plan: Plan,
+    pub shared: Arc<Shared>,
+    pub shutdown: CancellationToken,
+}
+
+/// Publishes according to the job's plan and counts what the broker acknowledged: in
+/// batches when flat out at QoS 1 or 2, reading by reading otherwise.
+pub async fn run(job: Job) -> Outcome {
+    if job.plan.schedule.is_none() && job.args.client.qos > 0 {
+        crate::batched::run(job).await
     } else {
-        crate::queued::run(device, args, plan, shared, shutdown).await
+        crate::queued::run(job).await
     }
 }
 

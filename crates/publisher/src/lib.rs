@@ -141,7 +141,14 @@ pub async fn run(
         tasks.spawn(async move {
             (
                 index,
-                device::run(device, args, plan, shared, shutdown).await,
+                device::run(device::Job {
+                    device,
+                    args,
+                    plan,
+                    shared,
+                    shutdown,
+                })
+                .await,
             )
         });
     }

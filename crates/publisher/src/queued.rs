@@ -17,26 +17,27 @@ use mqtt_protocol::timing::now_unix_us;
 use rumqttc::{AsyncClient, ConnectionError, EventLoop, Publish};
 use tokio_util::sync::CancellationToken;
 
-use crate::device::{finish, tally, Connected, Identity, Outcome, Plan, Shared};
+use crate::device::{finish, tally, Connected, Identity, Job, Outcome, Plan};
 use crate::encoder::Encoder;
 use crate::ledger;
 use crate::watch::{Watch, Woke};
 use crate::PublisherArgs;
 
 /// Publishes according to `plan` and counts what the broker acknowledged.
-pub(crate) async fn run(
-    device: Connected,
-    args: Arc<PublisherArgs>,
-    plan: Plan,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) -> Outcome {
-    let Connected {
-        identity,
-        stream_id,
-        client,
-        mut eventloop,
-    } = device;
+pub(crate) async fn run(job: Job) -> Outcome {
+    let Job {
+        device:
+            Connected {
+                identity,
+                stream_id,
+                client,
+                mut eventloop,
+            },
+        args,
+        plan,
+        shared,
+        shutdown,
+    } = job;
     let handed_over = Arc::new(AtomicU64::new(0));
     let stop_producing = shutdown.child_token();
     let producer = tokio::spawn(produce(
