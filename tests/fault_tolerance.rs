@@ -337,10 +337,16 @@ fn a_broker_killed_and_restarted_under_a_flat_out_publisher_loses_only_what_it_h
             "QoS {qos}: the ledger re-sends what was not acknowledged: {published}"
         );
         assert!(num(&published, "reconnects") >= 1, "QoS {qos}: {published}");
-        assert!(
-            num(&published, "republished") >= 1,
-            "QoS {qos}: {published}"
-        );
+        // At QoS 1 a flat-out window always holds readings awaiting their PUBACK when the
+        // broker dies. At QoS 2 they may all be past PUBREC then: those get their PUBREL
+        // again, which is not a re-sent reading (seen once in CI: republished 0, every
+        // reading acknowledged).
+        if qos == "1" {
+            assert!(
+                num(&published, "republished") >= 1,
+                "QoS {qos}: {published}"
+            );
+        }
         let (_, report) = subscriber.finish(Duration::from_secs(180));
         let (distinct, missing) = (num(&report, "distinct"), num(&report, "missing"));
         eprintln!(
