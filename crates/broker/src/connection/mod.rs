@@ -170,6 +170,12 @@ pub(crate) struct Conn<'h> {
 }
 
 impl Conn<'_> {
+    /// The storage that keeps this client's subscriptions: only a persistent session's are
+    /// kept, and only with `[storage] dir`.
+    pub(super) fn session_storage(&self) -> Option<&crate::storage::Storage> {
+        self.hub.storage.as_ref().filter(|_| self.persistent)
+    }
+
     /// MQTT 3.1.1 section 3.1.2.10: 1.5 times the keep-alive; 0 turns the check off.
     fn keep_alive_timeout(&self) -> Option<Duration> {
         (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))

@@ -324,12 +324,7 @@ impl Reader<'_, '_> {
         self.before_barrier()?;
         let mut flow = self.conn.hub.lock_flow();
         let mut filters = Vec::with_capacity(granted.len());
-        let storage = self
-            .conn
-            .hub
-            .storage
-            .as_ref()
-            .filter(|_| self.conn.persistent);
+        let storage = self.conn.session_storage();
         for filter in &granted {
             if let Some(storage) = storage {
                 storage.subscribed(&self.conn.router_id, &filter.path, filter.qos as u8);
@@ -358,12 +353,7 @@ impl Reader<'_, '_> {
             return Err(Close::Violation("malformed UNSUBSCRIBE"));
         };
         let mut held = Vec::new();
-        let storage = self
-            .conn
-            .hub
-            .storage
-            .as_ref()
-            .filter(|_| self.conn.persistent);
+        let storage = self.conn.session_storage();
         for filter in &unsubscribe.filters {
             if let Some(storage) = storage {
                 storage.unsubscribed(&self.conn.router_id, filter);

@@ -264,29 +264,13 @@ impl Storage {
             filter,
             qos,
         });
-        let mut book = self.book();
-        let sub = book
-            .entry(client.to_owned())
-            .or_default()
-            .entry(filter.to_owned())
-            .or_insert(Subscription {
-                qos,
-                ack_from: id + 1,
-            });
-        sub.qos = qos;
+        state::book_subscribe(&mut self.book(), client, filter, qos, id);
     }
 
     /// A persistent session unsubscribed from `filter`.
     pub(crate) fn unsubscribed(&self, client: &str, filter: &str) {
-        let mut book = self.book();
-        let Some(subs) = book.get_mut(client) else {
-            return;
-        };
-        if subs.remove(filter).is_some() {
+        if state::book_unsubscribe(&mut self.book(), client, filter) {
             self.wal.append(&Entry::Unsubscribe { client, filter });
-        }
-        if subs.is_empty() {
-            book.remove(client);
         }
     }
 

@@ -12,11 +12,11 @@ use rumqttd::protocol::matches;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
-use super::entry::{Entry, Subscription};
+use super::entry::Entry;
 use super::record::{
     check_file_header, file_header, frame, next_in, resync, Found, Header, Next, Stream,
 };
-use super::state::{Book, Checkpoint};
+use super::state::{book_subscribe, book_unsubscribe, Book, Checkpoint};
 use super::wal::{list_segments, SEGMENT_MAGIC};
 use super::{StorageError, FILE_HEADER_LEN};
 
@@ -136,25 +136,9 @@ impl Apply {
                 client,
                 filter,
                 qos,
-            } => {
-                let sub = self
-                    .sessions
-                    .entry(client.to_owned())
-                    .or_default()
-                    .entry(filter.to_owned())
-                    .or_insert(Subscription {
-                        qos,
-                        ack_from: id + 1,
-                    });
-                sub.qos = qos;
-            }
+            } => book_subscribe(&mut self.sessions, client, filter, qos, id),
             Entry::Unsubscribe { client, filter } => {
-                if let Some(subs) = self.sessions.get_mut(client) {
-                    subs.remove(filter);
-                    if subs.is_empty() {
-                        self.sessions.remove(client);
-                    }
-                }
+                book_unsubscribe(&mut self.sessions, client, filter);
             }
             Entry::Forget { client } => {
                 self.sessions.remove(client);

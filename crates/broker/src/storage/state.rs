@@ -20,6 +20,34 @@ pub(crate) const STATE_MAGIC: &[u8; 8] = b"MQTTSTA\0";
 /// Persistent sessions by router id: each subscription by filter.
 pub(crate) type Book = BTreeMap<String, BTreeMap<String, Subscription>>;
 
+/// `client` subscribed to `filter` at `qos` in record `id`: a new subscription reads what
+/// comes after that record, a repeated one only changes its QoS. The one rule for the live
+/// book and for the replay of the log.
+pub(crate) fn book_subscribe(book: &mut Book, client: &str, filter: &str, qos: u8, id: u64) {
+    let sub = book
+        .entry(client.to_owned())
+        .or_default()
+        .entry(filter.to_owned())
+        .or_insert(Subscription {
+            qos,
+            ack_from: id + 1,
+        });
+    sub.qos = qos;
+}
+
+/// `client` unsubscribed from `filter`; a client left without subscriptions leaves the
+/// book. Whether it had that subscription.
+pub(crate) fn book_unsubscribe(book: &mut Book, client: &str, filter: &str) -> bool {
+    let Some(subs) = book.get_mut(client) else {
+        return false;
+    };
+    let had = subs.remove(filter).is_some();
+    if subs.is_empty() {
+        book.remove(client);
+    }
+    had
+}
+
 /// What a checkpoint holds.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Checkpoint {
