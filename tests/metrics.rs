@@ -27,35 +27,51 @@ fn scrape(port: u16) -> Scrape {
     Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
 }
 
-#[test]
-fn metrics_after_a_run_count_every_message_in_prometheus_format() {
-    const N: u64 = 100_000;
+/// A broker serving metrics (with `extra` flags) through which `n` readings went, every one
+/// verified: the broker, the metrics port and the broker's listen address for them.
+fn run_with_metrics(n: u64, extra: &[&str]) -> (Broker, u16, String) {
     let metrics_port = closed_port();
     let listen = format!("127.0.0.1:{metrics_port}");
-    let broker = Broker::start_with(&["--metrics-listen", &listen]);
-    let count = N.to_string();
+    let mut args = vec!["--metrics-listen", &listen];
+    args.extend_from_slice(extra);
+    let broker = Broker::start_with(&args);
+    let count = n.to_string();
     let subscriber = Subscriber::start(broker.port, &["--count", &count]);
     let (status, _, stderr) = publish(broker.port, &["--count", &count], Duration::from_secs(60));
     assert!(status.success(), "{stderr}");
     let (status, report) = subscriber.finish(Duration::from_secs(60));
     assert!(status.success(), "{report}");
-    assert_eq!(num(&report, "distinct"), N);
+    assert_eq!(num(&report, "distinct"), n);
+    (broker, metrics_port, listen)
+}
 
-    // The counters are copied into the exporter once a second: wait for them, bounded.
+/// The first scrape for which `done` holds, waiting up to 10 s: the exporter's values are
+/// copied from the broker's counters once a second.
+fn scrape_until(port: u16, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let scrape = loop {
-        let scrape = scrape(metrics_port);
-        let sent = value(&scrape, "mqtt_messages_sent_total", None).unwrap_or(0.0);
-        let received = value(&scrape, "mqtt_messages_received_total", None).unwrap_or(0.0);
-        if sent >= N as f64 && received >= N as f64 {
-            break scrape;
+    loop {
+        let scrape = scrape(port);
+        if done(&scrape) {
+            return scrape;
         }
-        assert!(
-            Instant::now() < deadline,
-            "counters never reached {N}: {scrape:?}"
-        );
+        assert!(Instant::now() < deadline, "{what}: {scrape:?}");
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
+}
+
+#[test]
+fn metrics_after_a_run_count_every_message_in_prometheus_format() {
+    const N: u64 = 100_000;
+    let (broker, metrics_port, listen) = run_with_metrics(N, &[]);
+    let scrape = scrape_until(
+        metrics_port,
+        &format!("counters never reached {N}"),
+        |scrape| {
+            let sent = value(scrape, "mqtt_messages_sent_total", None).unwrap_or(0.0);
+            let received = value(scrape, "mqtt_messages_received_total", None).unwrap_or(0.0);
+            sent >= N as f64 && received >= N as f64
+        },
+    );
     for name in [
         "mqtt_connections",
         "mqtt_connections_total",
@@ -124,33 +140,13 @@ fn with_storage_the_write_ahead_logs_size_on_disk_is_served() {
     const N: u64 = 10_000;
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    let metrics_port = closed_port();
-    let listen = format!("127.0.0.1:{metrics_port}");
-    let broker = Broker::start_with(&[
-        "--metrics-listen",
-        &listen,
-        "--data-dir",
-        data.to_str().expect("utf-8 path"),
-    ]);
-    let count = N.to_string();
-    // Readings that match no subscription are delivered to no one, and not stored.
-    let subscriber = Subscriber::start(broker.port, &["--count", &count]);
-    let (status, _, stderr) = publish(broker.port, &["--count", &count], Duration::from_secs(60));
-    assert!(status.success(), "{stderr}");
-    let (status, report) = subscriber.finish(Duration::from_secs(60));
-    assert!(status.success(), "{report}");
-    // Each reading is at least its 61-byte payload on disk; the gauge is copied once a second.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stored = value(&scrape(metrics_port), "mqtt_stored_bytes", None).unwrap_or(0.0);
-        if stored > (N * 61) as f64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mqtt_stored_bytes never passed {}: {stored}",
-            N * 61
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Readings that match no subscription are delivered to no one, and not stored: the run
+    // has its subscriber.
+    let (_broker, metrics_port, _) =
+        run_with_metrics(N, &["--data-dir", data.to_str().expect("utf-8 path")]);
+    // Each reading is at least its 61-byte payload on disk.
+    let what = format!("mqtt_stored_bytes never passed {}", N * 61);
+    scrape_until(metrics_port, &what, |scrape| {
+        value(scrape, "mqtt_stored_bytes", None).unwrap_or(0.0) > (N * 61) as f64
+    });
 }
