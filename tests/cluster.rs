@@ -310,7 +310,10 @@ fn scripts_cluster_starts_reports_and_stops_the_nodes() {
             .arg(cmd)
             .env("CLUSTER_DIR", dir.path())
             .env("NATS_SERVER", &server)
-            .env("CLUSTER_WAIT", "40");
+            .env("CLUSTER_WAIT", "40")
+            // The binary this test run built: the script's own `cargo build` would run
+            // with this test's cargo environment and rebuild half the tree (minutes).
+            .env("MQTT_CLUSTER_BIN", support::bin("mqtt-cluster"));
         for n in nats::NODES {
             for kind in ["CLIENT", "CLUSTER", "HTTP", "MQTT"] {
                 let port = support::closed_port().to_string();
