@@ -89,15 +89,42 @@ fn the_quick_benchmark_runs_every_row_and_writes_its_results() {
             "{row}"
         );
     }
-    let paced = rows
+    // The latency table: three rates through each broker that is here, each with all
+    // three histograms and its distribution.
+    let paced: Vec<&serde_json::Value> = rows
         .iter()
-        .find(|r| r["group"] == "latency")
-        .expect("latency row");
+        .filter(|r| r["group"] == "latency" && r["skipped"].is_null())
+        .collect();
     assert!(
-        paced["median"]["latency_us"]["p99"].as_u64().is_some(),
-        "{paced}"
+        paced.len() >= 6,
+        "ours and rumqttd at 3 rates at least: {json}"
     );
+    for row in &paced {
+        let median = &row["median"];
+        for histogram in ["latency_us", "transit_us", "publisher_lateness_us"] {
+            assert!(median[histogram]["p999"].as_u64().is_some(), "{row}");
+        }
+        assert!(
+            median["latency_percentiles_us"]
+                .as_array()
+                .is_some_and(|points| points.len() > 3),
+            "{row}"
+        );
+    }
     assert!(stdout.contains("| row |"), "no table on stdout:\n{stdout}");
-    let svg = std::fs::read_to_string(out.path().join("bench.svg")).expect("bench.svg written");
-    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(
+        stdout.contains("| paced row"),
+        "no latency table:\n{stdout}"
+    );
+    if mosquitto.is_some() {
+        assert!(
+            stdout.contains("latency p50 at 10000 msg/s: ours / Mosquitto"),
+            "no latency ratio:\n{stdout}"
+        );
+    }
+    for picture in ["bench.svg", "latency.svg"] {
+        let svg = std::fs::read_to_string(out.path().join(picture))
+            .unwrap_or_else(|e| panic!("{picture} not written: {e}"));
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
 }

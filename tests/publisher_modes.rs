@@ -83,7 +83,21 @@ fn a_paced_publisher_is_not_faster_than_its_rate() {
 
     let (status, verified) = subscriber.finish(Duration::from_secs(60));
     assert!(status.success(), "subscriber failed: {status}: {verified}");
-    assert_eq!(num(&verified["latency_us"], "samples"), 2000);
+    // Every reading says when it was due and when it left: all three histograms.
+    for histogram in ["latency_us", "transit_us", "publisher_lateness_us"] {
+        assert_eq!(num(&verified[histogram], "samples"), 2000, "{verified}");
+    }
+    // Leaving late adds to the latency, never to the transit.
+    let p50 = |h: &str| num(&verified[h], "p50");
+    assert!(p50("transit_us") <= p50("latency_us"), "{verified}");
+    let percentiles = verified["latency_percentiles_us"]
+        .as_array()
+        .expect("the latency distribution");
+    assert_eq!(
+        percentiles.first().map(|p| &p["percentile"]),
+        Some(&0.0.into())
+    );
+    assert_eq!(num(&verified, "arrived_before_sent"), 0, "{verified}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use anyhow::Context;
-use mqtt_protocol::reading::{PayloadFormat, Reading};
+use mqtt_protocol::reading::{BinaryFormat, PayloadFormat, Reading};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
 use serde_json::{json, Value};
 use support::{num, publish, Broker, Subscriber};
@@ -42,6 +42,7 @@ impl Script {
             seq,
             total: self.total,
             sent_at_us: 0,
+            lateness_us: None,
             temperature: 21.5,
             humidity: 40.0,
             padding: 0,
@@ -60,6 +61,36 @@ impl Script {
             let payload = self.encoded(seq, PayloadFormat::Binary);
             self.payloads.push(payload);
         }
+        self
+    }
+
+    /// Valid readings in binary format 1, as publishers before format 2 wrote them.
+    fn send_format_1(&mut self, seqs: impl IntoIterator<Item = u64>) -> &mut Self {
+        for seq in seqs {
+            let mut payload = Vec::new();
+            self.reading(seq)
+                .encode_binary_as(BinaryFormat::V1, &mut payload);
+            self.payloads.push(payload);
+        }
+        self
+    }
+
+    /// A valid reading stamped as sent and left a minute from now: the clocks of its
+    /// publisher and of the subscriber would disagree.
+    fn send_from_the_future(&mut self, seq: u64) -> &mut Self {
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(60);
+        let sent_at_us = in_a_minute
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_micros() as u64;
+        let mut payload = Vec::new();
+        Reading {
+            sent_at_us,
+            lateness_us: Some(0),
+            ..self.reading(seq)
+        }
+        .encode_binary(&mut payload);
+        self.payloads.push(payload);
         self
     }
 
@@ -297,6 +328,31 @@ fn duplicates_reordering_and_foreign_messages_do_not_spoil_a_complete_stream() {
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(report["idle_timeout"], false, "{report}");
     assert_eq!(status.code(), Some(0), "{report}");
+}
+
+#[test]
+fn old_format_readings_verify_and_a_reading_from_the_future_warns_of_the_clocks() {
+    let broker = Broker::start();
+    let mut subscriber = Subscriber::start(broker.port, &["--count", "40", "--idle-timeout", "10"]);
+
+    let mut script = Script::new(0x0bad_c0de_0000_0004, 40);
+    script
+        .send_format_1(1..=20)
+        .send_from_the_future(21)
+        .send(22..=40);
+    publish_rogue(broker.port, "rogue-formats", &script.payloads);
+
+    subscriber
+        .proc
+        .wait_for_stderr("before it left", Duration::from_secs(30));
+    let (status, report) = subscriber.finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(num(&report, "corrupt"), 0, "{report}");
+    assert_eq!(num(&report, "arrived_before_sent"), 1, "{report}");
+    // Only the one format 2 reading with a send time said when it left.
+    assert_eq!(num(&report["transit_us"], "samples"), 1, "{report}");
+    assert_eq!(num(&report["latency_us"], "samples"), 1, "{report}");
 }
 
 #[test]

@@ -236,12 +236,17 @@ fn run_rounds(rows: &mut [Row], peers: &Peers, scratch: &Path, repeat: u32) -> R
     Ok(())
 }
 
-/// The table (stdout and bench.md), every run (bench.json) and the picture (bench.svg).
+/// The tables (stdout and bench.md), every run (bench.json) and the pictures (bench.svg,
+/// and latency.svg when latency rows ran).
 fn write_outputs(args: &BenchArgs, rows: &[Row], load_before: f64) -> Result<()> {
     let load_after = loadavg();
     let ratios = summary::ratios(rows);
     let mut text = summary::table(rows);
     text.push('\n');
+    if let Some(latency) = summary::latency_table(rows) {
+        text.push_str(&latency);
+        text.push('\n');
+    }
     for r in &ratios {
         text.push_str(&format!("{}: {:.2}x\n", r.what, r.ratio));
     }
@@ -281,11 +286,17 @@ fn write_outputs(args: &BenchArgs, rows: &[Row], load_before: f64) -> Result<()>
         args.repeat
     );
     std::fs::write(&svg_path, chart::svg(rows, &title)?)?;
-    eprintln!(
-        "wrote {}, {} and {}",
+    let mut wrote = format!(
+        "{}, {} and {}",
         json_path.display(),
         md_path.display(),
         svg_path.display()
     );
+    if let Some(latency) = chart::latency_svg(rows, &title)? {
+        let latency_path = args.out.join("latency.svg");
+        std::fs::write(&latency_path, latency)?;
+        wrote.push_str(&format!(", {}", latency_path.display()));
+    }
+    eprintln!("wrote {wrote}");
     Ok(())
 }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use mqtt_harness::nats::{Cluster, Ports};
 use mqtt_harness::process::{free_port, tail, Exit, Proc};
 use mqtt_protocol::report::{BaselineReport, PublishReport, VerifyReport};
-use mqtt_protocol::timing::LatencySummary;
+use mqtt_protocol::timing::Latencies;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -45,8 +45,11 @@ pub struct Measurement {
     pub publisher_msgs_per_s: Option<f64>,
     /// The subscriber's own rate (first arrival to last), if it says.
     pub subscriber_msgs_per_s: Option<f64>,
-    /// Latency percentiles from our subscriber's report, µs.
-    pub latency_us: Option<LatencySummary>,
+    /// Latency, transit and the publisher's lateness from our subscriber's report (in a
+    /// median: each percentile the median over the runs, the distribution the median
+    /// run's).
+    #[serde(flatten)]
+    pub latency: Option<Latencies>,
 }
 
 impl Scenario {
@@ -209,7 +212,7 @@ impl Scenario {
             complete: success(&sub_exit) && success(&pub_exit) && verified.verdict.complete,
             publisher_msgs_per_s: Some(published.msgs_per_s),
             subscriber_msgs_per_s: Some(verified.msgs_per_s),
-            latency_us: (verified.latency_us.samples > 0).then_some(verified.latency_us),
+            latency: (verified.latency.latency_us.samples > 0).then_some(verified.latency),
             ..self.timed(started, &sub_exit, &pub_exit)
         })
     }

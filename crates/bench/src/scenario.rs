@@ -49,6 +49,8 @@ pub struct Scenario {
     /// Our broker keeps a write-ahead log with this `fsync` mode (`--data-dir`), and the
     /// subscriber is a persistent session (`--client-id`) whose readings it stores.
     pub storage: Option<Storage>,
+    /// Readings per second when the publisher is paced (the latency rows).
+    pub paced_rate: Option<u64>,
     /// Directory of our binaries for this row.
     #[serde(skip)]
     pub bin_dir: PathBuf,
@@ -80,6 +82,16 @@ impl Storage {
     }
 }
 
+/// The rates of the latency rows, readings per second.
+pub const LATENCY_RATES: [u64; 3] = [1_000, 10_000, 50_000];
+/// How long each latency row publishes, in a full run.
+const LATENCY_SECONDS: u64 = 5;
+
+/// The name of a latency row: `label` paced at `rate`.
+pub fn latency_row_name(label: &str, rate: u64) -> String {
+    format!("{label}, paced at {rate} msg/s")
+}
+
 /// Sizes of the benchmark.
 pub struct Plan {
     pub quick: bool,
@@ -109,6 +121,7 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
         clients,
         messages,
         storage: None,
+        paced_rate: None,
         bin_dir: plan.bin_dir.clone(),
         publisher_dir: plan.bin_dir.clone(),
     };
@@ -232,14 +245,31 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
         r.storage = Some(storage);
         rows.push(r);
     }
-    let paced = if plan.quick { 10_000 } else { 50_000 };
-    rows.push(row(
-        "latency",
-        "ours, paced at 10,000 msg/s".into(),
-        BrokerKind::Ours,
-        ours(&["--payload-size", "100", "--rate", "10000"], count(paced)),
-        paced,
-    ));
+    // Latency at fixed rates: the same paced publisher through each broker, 61-byte
+    // readings as in the one-at-a-time probe. Each row runs LATENCY_SECONDS of readings
+    // (a fraction of a second in a quick run).
+    for rate in LATENCY_RATES {
+        let msgs = if plan.quick {
+            (rate / 5).clamp(200, 2_000)
+        } else {
+            rate * LATENCY_SECONDS
+        };
+        for (broker, label) in [
+            (BrokerKind::Ours, "ours"),
+            (BrokerKind::Rumqttd, "rumqttd's own broker + our clients"),
+            (BrokerKind::Mosquitto, "Mosquitto + our clients"),
+        ] {
+            let mut r = row(
+                "latency",
+                latency_row_name(label, rate),
+                broker,
+                ours(&["--rate", &rate.to_string()], count(msgs)),
+                msgs,
+            );
+            r.paced_rate = Some(rate);
+            rows.push(r);
+        }
+    }
     if !plan.quick {
         for exp in [5u32, 6, 7] {
             let msgs = 10u64.pow(exp);

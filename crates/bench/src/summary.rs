@@ -4,10 +4,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use mqtt_protocol::timing::LatencySummary;
+use mqtt_protocol::timing::{Latencies, LatencySummary};
 
 use crate::runner::Measurement;
-use crate::scenario::Scenario;
+use crate::scenario::{latency_row_name, Scenario, LATENCY_RATES};
 
 /// A row with every run and the medians the table shows.
 #[derive(Debug, Clone, Serialize)]
@@ -77,13 +77,6 @@ pub fn medians(runs: &[Measurement]) -> Option<Measurement> {
         let v: Vec<f64> = runs.iter().filter_map(f).collect();
         (!v.is_empty()).then(|| median(v))
     };
-    let lat = |f: fn(&LatencySummary) -> u64| {
-        median(
-            runs.iter()
-                .filter_map(|r| r.latency_us.map(|l| f(&l) as f64))
-                .collect(),
-        ) as u64
-    };
     Some(Measurement {
         wall_s: m(|r| r.wall_s),
         msgs_per_s: m(|r| r.msgs_per_s),
@@ -96,17 +89,38 @@ pub fn medians(runs: &[Measurement]) -> Option<Measurement> {
         broker_rss_kib: m(|r| r.broker_rss_kib as f64) as u64,
         publisher_msgs_per_s: opt(|r| r.publisher_msgs_per_s),
         subscriber_msgs_per_s: opt(|r| r.subscriber_msgs_per_s),
-        latency_us: runs
-            .iter()
-            .any(|r| r.latency_us.is_some())
-            .then(|| LatencySummary {
-                p50: lat(|l| l.p50),
-                p90: lat(|l| l.p90),
-                p99: lat(|l| l.p99),
-                p999: lat(|l| l.p999),
-                max: lat(|l| l.max),
-                samples: lat(|l| l.samples),
-            }),
+        latency: median_latencies(runs),
+    })
+}
+
+/// Each percentile of each histogram the median over the runs that have it; the
+/// distribution is the one of the run with the median p50 latency.
+fn median_latencies(runs: &[Measurement]) -> Option<Latencies> {
+    let all: Vec<&Latencies> = runs.iter().filter_map(|r| r.latency.as_ref()).collect();
+    if all.is_empty() {
+        return None;
+    }
+    let summary = |which: fn(&Latencies) -> &LatencySummary| {
+        let of = |f: fn(&LatencySummary) -> u64| {
+            median(all.iter().map(|l| f(which(l)) as f64).collect()) as u64
+        };
+        LatencySummary {
+            p50: of(|s| s.p50),
+            p90: of(|s| s.p90),
+            p99: of(|s| s.p99),
+            p999: of(|s| s.p999),
+            max: of(|s| s.max),
+            samples: of(|s| s.samples),
+        }
+    };
+    let mut by_p50 = all.clone();
+    by_p50.sort_by_key(|l| l.latency_us.p50);
+    Some(Latencies {
+        latency_us: summary(|l| &l.latency_us),
+        transit_us: summary(|l| &l.transit_us),
+        publisher_lateness_us: summary(|l| &l.publisher_lateness_us),
+        latency_percentiles_us: by_p50[by_p50.len() / 2].latency_percentiles_us.clone(),
+        arrived_before_sent: all.iter().map(|l| l.arrived_before_sent).max().unwrap_or(0),
     })
 }
 
@@ -140,7 +154,8 @@ pub fn table(rows: &[Row]) -> String {
             continue;
         };
         let rate = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.0}"));
-        let latency = m.latency_us.map_or("-".into(), |l| {
+        let latency = m.latency.as_ref().map_or("-".into(), |l| {
+            let l = &l.latency_us;
             format!("{:.2}/{:.2}", l.p50 as f64 / 1000.0, l.p99 as f64 / 1000.0)
         });
         let verified = if row.all_complete && row.errors.is_empty() {
@@ -169,6 +184,50 @@ pub fn table(rows: &[Row]) -> String {
         );
     }
     t
+}
+
+/// The latency rows as a table of their own: each rate through each broker, the
+/// percentiles from the intended send time, the transit from the actual one, and how late
+/// the publisher itself was (medians over the runs).
+pub fn latency_table(rows: &[Row]) -> Option<String> {
+    let paced: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.scenario.paced_rate.is_some())
+        .collect();
+    if paced.is_empty() {
+        return None;
+    }
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| paced row (QoS 1, 61 B readings) | N | latency p50/p99/p99.9 µs | transit p50/p99/p99.9 µs | publisher lateness p50/p99 µs | verified |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---|");
+    for row in paced {
+        let three = |s: &LatencySummary| format!("{}/{}/{}", s.p50, s.p99, s.p999);
+        let (latency, transit, late) = match row.median.as_ref().and_then(|m| m.latency.as_ref()) {
+            Some(l) => (
+                three(&l.latency_us),
+                three(&l.transit_us),
+                format!(
+                    "{}/{}",
+                    l.publisher_lateness_us.p50, l.publisher_lateness_us.p99
+                ),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let verified = match (&row.skipped, row.all_complete && row.errors.is_empty()) {
+            (Some(why), _) => format!("skipped: {}", why.lines().next().unwrap_or("")),
+            (None, true) => format!("yes ({}/{})", row.runs.len(), row.runs.len()),
+            (None, false) => "NO".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {latency} | {transit} | {late} | {verified} |",
+            row.scenario.name, row.scenario.messages
+        );
+    }
+    Some(t)
 }
 
 /// A ratio between two rows' median throughput.
@@ -237,6 +296,28 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
                 what: label.into(),
                 ratio: a / b,
             });
+        }
+    }
+    let p50 = |name: &str| {
+        rows.iter()
+            .find(|r| r.scenario.name == name)
+            .and_then(|r| r.median.as_ref()?.latency.as_ref())
+            .map(|l| l.latency_us.p50 as f64)
+    };
+    for rate in LATENCY_RATES {
+        let mosquitto = p50(&latency_row_name("Mosquitto + our clients", rate));
+        for (label, name) in [
+            ("ours", "ours"),
+            ("rumqttd's own broker", "rumqttd's own broker + our clients"),
+        ] {
+            if let (Some(a), Some(b)) = (p50(&latency_row_name(name, rate)), mosquitto) {
+                out.push(Ratio {
+                    what: format!(
+                        "latency p50 at {rate} msg/s: {label} / Mosquitto (lower is better)"
+                    ),
+                    ratio: a / b.max(1.0),
+                });
+            }
         }
     }
     let linear: Vec<&Row> = rows

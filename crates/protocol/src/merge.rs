@@ -224,7 +224,7 @@ fn summary(m: &Member) -> MemberSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::timing::Timing;
+    use crate::timing::Latencies;
 
     use crate::reading::tests::binary as payload;
 
@@ -243,7 +243,7 @@ mod tests {
                 topic: "sensors/#".into(),
                 qos: 1,
                 verdict: v.verdict_with_sets(),
-                latency_us: Timing::new().latency(),
+                latency: Latencies::default(),
                 per_second: vec![],
                 elapsed_s: 1.0,
                 msgs_per_s: 0.0,

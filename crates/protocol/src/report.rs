@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::timing::LatencySummary;
+use crate::timing::{Latencies, LatencySummary};
 use crate::verify::{StreamSummary, Verdict};
 
 /// Version of the JSON documents below; bumped on any incompatible change.
@@ -82,8 +82,10 @@ pub struct VerifyReport {
     pub qos: u8,
     #[serde(flatten)]
     pub verdict: Verdict,
-    /// Latency from each reading's send time to its arrival, µs.
-    pub latency_us: LatencySummary,
+    /// Latency, transit and the publisher's lateness (`latency_us`, `transit_us`,
+    /// `publisher_lateness_us`, ...; see [`Latencies`]).
+    #[serde(flatten)]
+    pub latency: Latencies,
     /// Readings that arrived in each second of the run, from the first arrival.
     pub per_second: Vec<u64>,
     /// From the first arrival to the last.
@@ -227,14 +229,7 @@ impl fmt::Display for VerifyReport {
             self.elapsed_s,
             self.msgs_per_s
         )?;
-        let l = &self.latency_us;
-        if l.samples > 0 {
-            writeln!(
-                f,
-                "Latency: p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
-                l.p50, l.p90, l.p99, l.p999, l.max
-            )?;
-        }
+        write_latencies(f, &self.latency)?;
         match &self.share_group {
             // A member's streams are only its share: their gaps are the other members'.
             Some(_) => writeln!(
@@ -305,6 +300,46 @@ impl fmt::Display for MergeReport {
         }
         write!(f, "Verdict: {}", verdict_line(v))
     }
+}
+
+/// The latency lines of a summary: each histogram that has samples, and a warning when
+/// the clocks disagree.
+fn write_latencies(f: &mut fmt::Formatter<'_>, l: &Latencies) -> fmt::Result {
+    let line = |f: &mut fmt::Formatter<'_>, name: &str, s: &LatencySummary, note: &str| {
+        if s.samples == 0 {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "{name}: p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs{note}",
+            s.p50, s.p90, s.p99, s.p999, s.max
+        )
+    };
+    line(f, "Latency", &l.latency_us, "")?;
+    line(
+        f,
+        "Transit",
+        &l.transit_us,
+        " (from when each reading actually left)",
+    )?;
+    // Lateness matters only when there is some: a flat-out run sends each reading at once.
+    if l.publisher_lateness_us.max > 1 {
+        line(
+            f,
+            "Publisher lateness",
+            &l.publisher_lateness_us,
+            " (after each reading's intended send time)",
+        )?;
+    }
+    if l.arrived_before_sent > 0 {
+        writeln!(
+            f,
+            "Warning: {} readings arrived before they left by the clocks: the publisher's \
+             and this machine's clocks disagree, and so do the figures above",
+            l.arrived_before_sent
+        )?;
+    }
+    Ok(())
 }
 
 /// How many streams a summary names; the JSON report has them all.
@@ -458,7 +493,6 @@ pub fn conclude<R: Serialize + fmt::Display>(
 mod tests {
     use super::*;
     use crate::reading::Reading;
-    use crate::timing::Timing;
     use crate::verify::Verifier;
     use std::borrow::Cow;
 
@@ -475,6 +509,7 @@ mod tests {
                     seq,
                     total: 10,
                     sent_at_us: 1,
+                    lateness_us: Some(0),
                     temperature: 20.0,
                     humidity: 50.0,
                     padding: 0,
@@ -490,7 +525,7 @@ mod tests {
             topic: "sensors/#".into(),
             qos: 1,
             verdict: v.verdict(),
-            latency_us: Timing::new().latency(),
+            latency: Latencies::default(),
             per_second: vec![],
             elapsed_s: 1.0,
             msgs_per_s: 1.0,

@@ -11,6 +11,7 @@ use roaring::RoaringTreemap;
 use serde::{Deserialize, Serialize};
 
 use crate::reading::{self, DecodeError};
+use crate::timing::SendTimes;
 
 mod snapshot;
 pub use snapshot::{SnapshotError, StreamSnapshot, VerifierSnapshot};
@@ -53,8 +54,8 @@ pub enum Observation<'a> {
 pub struct Recorded<'p> {
     pub arrival: Arrival,
     pub observation: Observation<'p>,
-    /// The reading's send time (µs since the epoch), when it carried one.
-    pub sent_at_us: Option<u64>,
+    /// When the reading was meant to leave and when it did, as far as it said.
+    pub sent: SendTimes,
 }
 
 /// Everything known about one stream (one publisher run of one device).
@@ -210,6 +211,10 @@ impl Verifier {
     pub fn record_payload<'p>(&mut self, payload: &'p [u8]) -> Recorded<'p> {
         match reading::decode(payload) {
             Ok(r) => {
+                let sent = SendTimes {
+                    sent_at_us: (r.sent_at_us > 0).then_some(r.sent_at_us),
+                    departed_at_us: r.departed_at_us(),
+                };
                 let observation = Observation::Reading {
                     stream_id: r.stream_id,
                     device_id: r.device_id,
@@ -219,7 +224,7 @@ impl Verifier {
                 Recorded {
                     arrival: self.observe(&observation),
                     observation,
-                    sent_at_us: (r.sent_at_us > 0).then_some(r.sent_at_us),
+                    sent,
                 }
             }
             Err(e) => {
@@ -232,7 +237,7 @@ impl Verifier {
                 Recorded {
                     arrival: self.observe(&observation),
                     observation,
-                    sent_at_us: None,
+                    sent: SendTimes::default(),
                 }
             }
         }

@@ -1,11 +1,13 @@
 //! Property tests for the reading decoder: whatever arrives on the wire, `decode` answers
 //! with a reading or a typed error and never panics; every reading survives a round trip
-//! through either encoding; and no single damaged byte of a binary reading goes unnoticed.
+//! through either encoding; readings in the old binary format (1) still decode; and no
+//! single damaged byte of a binary reading goes unnoticed.
 
 use std::borrow::Cow;
 
 use mqtt_protocol::reading::{
-    decode, PayloadFormat, Reading, BINARY_MAGIC, BINARY_OVERHEAD, MAX_DEVICE_ID_LEN,
+    decode, BinaryFormat, PayloadFormat, Reading, BINARY_MAGIC, BINARY_MAGIC_V1, BINARY_OVERHEAD,
+    MAX_DEVICE_ID_LEN, MAX_LATENESS_US,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -40,18 +42,30 @@ fn reading(max_padding: u32) -> impl Strategy<Value = Reading<'static>> {
         1..=u64::MAX,
         any::<u64>(),
         any::<u64>(),
+        prop::option::of(0..=MAX_LATENESS_US),
         finite_f32(),
         finite_f32(),
         0..=max_padding,
     )
         .prop_map(
-            |(stream_id, device_id, seq, total, sent_at_us, temperature, humidity, padding)| {
+            |(
+                stream_id,
+                device_id,
+                seq,
+                total,
+                sent_at_us,
+                lateness_us,
+                temperature,
+                humidity,
+                padding,
+            )| {
                 Reading {
                     stream_id,
                     device_id: Cow::Owned(device_id),
                     seq,
                     total,
                     sent_at_us,
+                    lateness_us,
                     temperature,
                     humidity,
                     padding,
@@ -108,6 +122,7 @@ fn reading_like_json() -> impl Strategy<Value = String> {
         field("seq", number()),
         field("total", number()),
         field("sent_at_us", number()),
+        field("lateness_us", any::<u32>().prop_map(Value::from).boxed()),
         field("ts", float()),
         field("temperature", float()),
         field("humidity", float()),
@@ -116,8 +131,8 @@ fn reading_like_json() -> impl Strategy<Value = String> {
     );
     let unknown = prop::collection::vec(("[a-z]{1,8}", json_value()), 0..3);
     (known, unknown).prop_map(|(known, unknown)| {
-        let (a, b, c, d, e, f, g, h, i, j) = known;
-        let fields = [a, b, c, d, e, f, g, h, i, j]
+        let (a, b, c, d, e, f, g, h, i, j, k) = known;
+        let fields = [a, b, c, d, e, f, g, h, i, j, k]
             .into_iter()
             .flatten()
             .chain(unknown);
@@ -148,21 +163,30 @@ proptest! {
 
     #[test]
     fn a_well_framed_binary_payload_decodes_exactly_when_its_fields_are_valid(
-        fixed in prop::collection::vec(any::<u8>(), 40),
+        fixed in prop::collection::vec(any::<u8>(), 44),
         id in prop::collection::vec(any::<u8>(), 0..=MAX_DEVICE_ID_LEN),
         padding in prop::collection::vec(any::<u8>(), 0..64),
         zero_seq in any::<bool>(),
+        format_1 in any::<bool>(),
     ) {
         // Arbitrary field values (and device id bytes that may not be UTF-8) framed
-        // correctly and sealed with a correct checksum, so decoding reaches its last checks.
-        let mut bytes = BINARY_MAGIC.to_vec();
-        bytes.extend_from_slice(&fixed);
+        // correctly, as format 2 or format 1 (no lateness, a padding length), and sealed
+        // with a correct checksum, so decoding reaches its last checks.
+        let (magic, fixed) = if format_1 {
+            (BINARY_MAGIC_V1, &fixed[..40])
+        } else {
+            (BINARY_MAGIC, &fixed[..])
+        };
+        let mut bytes = magic.to_vec();
+        bytes.extend_from_slice(fixed);
         if zero_seq {
             bytes[12..20].fill(0);
         }
         bytes.push(id.len() as u8);
         bytes.extend_from_slice(&id);
-        bytes.extend_from_slice(&(padding.len() as u32).to_le_bytes());
+        if format_1 {
+            bytes.extend_from_slice(&(padding.len() as u32).to_le_bytes());
+        }
         bytes.extend_from_slice(&padding);
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
@@ -174,6 +198,9 @@ proptest! {
                 prop_assert_eq!(r.device_id.as_bytes(), &id[..]);
                 prop_assert_eq!(r.padding as usize, padding.len());
                 prop_assert_eq!(r.binary_len(), bytes.len());
+                let lateness = u32::from_le_bytes(bytes[36..40].try_into().unwrap());
+                let expected = (!format_1 && lateness != u32::MAX).then_some(lateness);
+                prop_assert_eq!(r.lateness_us, expected);
             }
             Err(e) => {
                 prop_assert!(e.is_corruption());
@@ -222,6 +249,17 @@ proptest! {
         }
         let decoded = decode(&buf);
         prop_assert_eq!(decoded, Ok(r));
+    }
+
+    #[test]
+    fn every_format_1_reading_still_decodes_with_its_lateness_unknown(
+        r in reading(MAX_TEST_PADDING),
+    ) {
+        let mut buf = Vec::new();
+        r.encode_binary_as(BinaryFormat::V1, &mut buf);
+        prop_assert_eq!(&buf[..4], &BINARY_MAGIC_V1[..]);
+        prop_assert_eq!(buf.len(), r.binary_len());
+        prop_assert_eq!(decode(&buf), Ok(Reading { lateness_us: None, ..r }));
     }
 
     #[test]

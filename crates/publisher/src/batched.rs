@@ -273,7 +273,7 @@ impl<'a> Readings<'a> {
         }
         let sent_at_us = now_unix_us();
         for seq in self.made + 1..=self.made + count {
-            let payload = self.encoder.encode(seq, sent_at_us);
+            let payload = self.encoder.encode(seq, sent_at_us, 0);
             queue.push_back(Publish::from_bytes(self.topic, self.qos, payload));
         }
         self.made += count;

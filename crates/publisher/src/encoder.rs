@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
-use mqtt_protocol::reading::Reading;
+use mqtt_protocol::reading::{Reading, MAX_LATENESS_US};
 
 use crate::sensor::Sensor;
 use crate::PublisherArgs;
@@ -42,8 +42,9 @@ impl<'a> Encoder<'a> {
         }
     }
 
-    /// Reading `seq` stamped with `sent_at_us`.
-    pub fn encode(&mut self, seq: u64, sent_at_us: u64) -> Bytes {
+    /// Reading `seq` stamped with its send time, `sent_at_us` (intended, when paced), and
+    /// how many µs after it the reading actually left (clamped to what the field holds).
+    pub fn encode(&mut self, seq: u64, sent_at_us: u64, lateness_us: u64) -> Bytes {
         let (temperature, humidity) = self.sensor.sample(seq);
         let mut reading = Reading {
             stream_id: self.stream_id,
@@ -51,6 +52,7 @@ impl<'a> Encoder<'a> {
             seq,
             total: self.total,
             sent_at_us,
+            lateness_us: Some(lateness_us.min(MAX_LATENESS_US.into()) as u32),
             temperature,
             humidity,
             padding: 0,
@@ -81,21 +83,21 @@ mod tests {
     fn encoded_readings_decode_and_do_not_share_bytes() {
         let a = args(&["--payload-size", "100"]);
         let mut e = Encoder::new(&a, "sensor-1", 42, Some(1000));
-        let first = e.encode(1, 111);
-        let second = e.encode(2, 222);
-        for (bytes, seq, at) in [(&first, 1, 111), (&second, 2, 222)] {
+        let first = e.encode(1, 111, 0);
+        let second = e.encode(2, 222, 7);
+        for (bytes, seq, at, late) in [(&first, 1, 111, 0), (&second, 2, 222, 7)] {
             assert_eq!(bytes.len(), 100);
             let r = decode(bytes).unwrap();
             assert_eq!(
-                (r.stream_id, r.seq, r.total, r.sent_at_us),
-                (42, seq, 1000, at)
+                (r.stream_id, r.seq, r.total, r.sent_at_us, r.lateness_us),
+                (42, seq, 1000, at, Some(late))
             );
         }
         // Past an arena's worth of readings, the earlier ones are still intact.
-        let readings: Vec<Bytes> = (3..2000).map(|s| e.encode(s, s)).collect();
+        let readings: Vec<Bytes> = (3..2000).map(|s| e.encode(s, s, 0)).collect();
         assert_eq!(decode(&first).unwrap().seq, 1);
         assert_eq!(decode(&readings[1500]).unwrap().seq, 1503);
         let mut unknown = Encoder::new(&a, "d", 1, None);
-        assert_eq!(decode(&unknown.encode(5, 1)).unwrap().total, 0);
+        assert_eq!(decode(&unknown.encode(5, 1, u64::MAX)).unwrap().total, 0);
     }
 }

@@ -234,6 +234,6 @@ fn sample_payload_len(args: &PublisherArgs) -> usize {
     let last = count.unwrap_or(u64::MAX / 2);
     let device_id = Identity::new(args, args.devices, "x").device_id;
     Encoder::new(args, &device_id, 1, count)
-        .encode(last, now_unix_us())
+        .encode(last, now_unix_us(), 0)
         .len()
 }

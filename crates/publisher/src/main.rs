@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
             .exit();
     }
     logging::init("info");
-    check_open_file_limit(args.devices);
+    check_open_file_limit(args.devices, args.rate.is_some());
     let report_path = args.client.report_json.clone();
     let result = mqtt_publisher::run(args, shutdown::on_signals()).await;
     report::conclude_run(&result, report_path.as_deref(), |r| {
@@ -32,14 +32,15 @@ async fn main() -> ExitCode {
     })
 }
 
-/// Each device is a socket of its own: lift the soft limit on open files to the hard one
-/// (1,024 by default on many systems), and say so if even that is too low.
-fn check_open_file_limit(devices: u32) {
+/// Each device is a socket of its own (and, when paced, a timer of its own): lift the soft
+/// limit on open files to the hard one (1,024 by default on many systems), and say so if
+/// even that is too low.
+fn check_open_file_limit(devices: u32, paced: bool) {
     let Some(limit) = raise_open_file_limit() else {
         return;
     };
-    // Sockets plus stdio, the runtime's own descriptors and some slack.
-    let needed = u64::from(devices) + 64;
+    // Sockets (and timers) plus stdio, the runtime's own descriptors and some slack.
+    let needed = u64::from(devices) * (1 + u64::from(paced)) + 64;
     if limit < needed {
         tracing::warn!(
             "the open-file limit is {limit} but {devices} devices need about {needed}; \

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::device::{finish, tally, Connected, Identity, Job, Outcome, Plan};
 use crate::encoder::Encoder;
 use crate::ledger;
+use crate::pacing::Pacer;
 use crate::watch::{Watch, Woke};
 use crate::PublisherArgs;
 
@@ -195,29 +196,28 @@ async fn produce(
         (None, Some(schedule), Some(end)) => schedule.due_before(end),
         (None, _, _) => u64::MAX,
     };
+    let mut pacer = Pacer::new();
     for seq in 1..=last {
         if stop.is_cancelled() {
             return;
         }
-        let sent_at_us = match &plan.schedule {
+        let (sent_at_us, lateness_us) = match &plan.schedule {
             Some(schedule) => {
-                let due = schedule.due(seq);
-                if due > Instant::now() {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(due.into()) => {}
-                        () = stop.cancelled() => return,
-                    }
+                tokio::select! {
+                    () = pacer.until(schedule.due(seq)) => {}
+                    () = stop.cancelled() => return,
                 }
-                schedule.intended_unix_us(seq)
+                let intended = schedule.intended_unix_us(seq);
+                (intended, now_unix_us().saturating_sub(intended))
             }
             None => {
                 if plan.end.is_some_and(|end| Instant::now() >= end) {
                     return;
                 }
-                now_unix_us()
+                (now_unix_us(), 0)
             }
         };
-        let payload = encoder.encode(seq, sent_at_us);
+        let payload = encoder.encode(seq, sent_at_us, lateness_us);
         // Not raced against `stop`: a send abandoned half-way may still reach the event
         // loop, and then it would go out uncounted. The driver keeps polling meanwhile.
         if client

@@ -150,7 +150,7 @@ fn report(run: &Run, end: &End, resumed: u64) -> VerifyReport {
         qos: args.client.qos,
         msgs_per_s: rate(verdict.received - resumed, elapsed),
         verdict,
-        latency_us: run.timing.latency(),
+        latency: run.timing.latencies(),
         per_second: run.timing.per_second().to_vec(),
         elapsed_s: elapsed,
         interrupted: *end == End::Interrupted,

@@ -203,7 +203,19 @@ impl Run {
     fn on_reading(&mut self, publish: Publish) -> Option<End> {
         let now = Instant::now();
         let recorded = self.verifier.record_payload(&publish.payload);
-        self.timing.record(now, now_unix_us(), recorded.sent_at_us);
+        let now_unix = now_unix_us();
+        // Said once, when the first such reading arrives; the summary gives the count.
+        if self.timing.record(now, now_unix, recorded.sent)
+            && self.timing.arrived_before_sent() == 1
+        {
+            let left = recorded.sent.departed_at_us.or(recorded.sent.sent_at_us);
+            tracing::warn!(
+                "a reading arrived {} µs before it left, by the clocks: the publisher's \
+                 clock and this machine's disagree, and latency figures with them (the \
+                 report counts such readings in arrived_before_sent)",
+                left.unwrap_or(now_unix).saturating_sub(now_unix)
+            );
+        }
         self.progress.update(self.verifier.received());
         if self.last_arrival.is_none() {
             let idle = Duration::from_secs_f64(self.args.idle_timeout);
