@@ -113,22 +113,12 @@ impl Checkpoint {
             }
             Err(e) => return Err(StorageError::io(&path, "read", e)),
         };
-        match check_file_header(&data, STATE_MAGIC) {
-            Header::Ours => {}
-            Header::Version(found) => {
-                return Err(StorageError::Version {
-                    path: path.display().to_string(),
-                    found,
-                })
-            }
-            Header::Foreign if data.len() < FILE_HEADER_LEN && repair => {
-                return Ok((Checkpoint::default(), 1))
-            }
-            Header::Foreign => {
-                return Err(StorageError::Foreign {
-                    path: path.display().to_string(),
-                })
-            }
+        let header = check_file_header(&data, STATE_MAGIC);
+        if header == Header::Foreign && data.len() < FILE_HEADER_LEN && repair {
+            return Ok((Checkpoint::default(), 1));
+        }
+        if let Some(refused) = header.refusal(&path) {
+            return Err(refused);
         }
         let mut checkpoint = Checkpoint::default();
         let mut skipped = 0;
