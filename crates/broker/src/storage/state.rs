@@ -183,11 +183,11 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::TestDir;
 
     #[test]
     fn a_checkpoint_reads_back_and_survives_a_torn_tail() {
-        let dir = std::env::temp_dir().join(format!("mqtt-state-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("state");
         let mut checkpoint = Checkpoint {
             next_id: 77,
             ..Checkpoint::default()
@@ -215,6 +215,5 @@ mod tests {
         let (torn, _) = Checkpoint::load(&dir, false).unwrap();
         assert_eq!(torn.next_id, 77);
         assert!(torn.sessions.is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
