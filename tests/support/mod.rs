@@ -180,6 +180,12 @@ impl Proc {
             .unwrap_or_else(|e| panic!("signal {signal} to {}: {e}", self.name));
     }
 
+    /// Kills the process (SIGKILL: no goodbye, no last flush) and waits until it is gone.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait(Duration::from_secs(10));
+    }
+
     /// The first line of stdout, bounded by `timeout`.
     pub fn stdout_line(&mut self, timeout: Duration) -> String {
         let name = self.name.clone();
@@ -246,6 +252,17 @@ impl Broker {
         Broker { proc, port }
     }
 
+    /// Kills the broker (SIGKILL: it keeps only what its log, if any, holds) and waits
+    /// until it is gone; a broker started on [`Broker::listen_addr`] takes its place.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Its loopback address as `--listen` takes it, for a broker started in its place.
+    pub fn listen_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     pub fn port_arg(&self) -> String {
         self.port.to_string()
     }
@@ -295,8 +312,7 @@ impl Subscriber {
 
     /// Kills the subscriber (SIGKILL: no goodbye, no last flush) and waits until it is gone.
     pub fn kill(mut self) {
-        self.proc.signal(libc::SIGKILL);
-        self.proc.wait(Duration::from_secs(10));
+        self.proc.kill();
     }
 }
 
