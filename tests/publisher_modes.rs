@@ -86,7 +86,8 @@ fn a_paced_publisher_is_not_faster_than_its_rate() {
     assert!(wall >= Duration::from_millis(1500), "took only {wall:?}");
     assert!(published["elapsed_s"].as_f64().expect("elapsed") >= 1.5);
 
-    let verified = subscriber.finish_ok(Duration::from_secs(60));
+    let (status, verified) = subscriber.finish(Duration::from_secs(60));
+    assert!(status.success(), "subscriber failed: {status}: {verified}");
     assert_eq!(num(&verified["latency_us"], "samples"), 2000);
 }
 
