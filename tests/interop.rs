@@ -51,6 +51,18 @@ fn mosquitto_clients() -> Option<(PathBuf, PathBuf)> {
     Some((peers::mosquitto_sub()?, peers::mosquitto_pub()?))
 }
 
+/// Publishes `payload` to `topic` at QoS 1 with mosquitto_pub, retained; an empty payload
+/// goes as one (`-n`), which clears the topic's retained message.
+fn publish_retained(pub_: &Path, port: u16, topic: &str, payload: &str) {
+    let mut args = vec!["-t", topic, "-q", "1", "-r"];
+    if payload.is_empty() {
+        args.push("-n");
+    } else {
+        args.extend(["-m", payload]);
+    }
+    peers::mosquitto_pub_run(pub_, port, &args);
+}
+
 /// Payloads of `messages`, in arrival order.
 fn payloads(messages: &[peers::Message]) -> Vec<&str> {
     messages.iter().map(|m| m.payload.as_str()).collect()
@@ -372,16 +384,8 @@ fn the_demos_paho_publisher_feeds_our_subscriber_through_our_broker() {
 #[test]
 fn retained_messages_reach_late_subscribers_with_the_retain_flag() {
     on_both_brokers(mosquitto_clients(), |target, port, (sub, pub_)| {
-        peers::mosquitto_pub_run(
-            pub_,
-            port,
-            &["-t", "interop/retained/a", "-q", "1", "-r", "-m", "first"],
-        );
-        peers::mosquitto_pub_run(
-            pub_,
-            port,
-            &["-t", "interop/retained/a", "-q", "1", "-r", "-m", "second"],
-        );
+        publish_retained(pub_, port, "interop/retained/a", "first");
+        publish_retained(pub_, port, "interop/retained/a", "second");
         let mut late = MosquittoSub::start(sub, port, &["-t", "interop/retained/#", "-q", "1"]);
         let got = late.wait_messages(1, Duration::from_secs(5));
         assert_eq!(
@@ -414,27 +418,15 @@ fn retained_messages_reach_late_subscribers_with_the_retain_flag() {
 fn only_an_empty_retained_publish_clears_a_retained_message() {
     on_both_brokers(mosquitto_clients(), |target, port, (sub, pub_)| {
         // Both brokers: an empty *retained* publish clears the retained message (MQTT 3.3.1.3).
-        peers::mosquitto_pub_run(
-            pub_,
-            port,
-            &["-t", "interop/empty/retained", "-q", "1", "-r", "-m", "old"],
-        );
-        peers::mosquitto_pub_run(
-            pub_,
-            port,
-            &["-t", "interop/empty/retained", "-q", "1", "-r", "-n"],
-        );
+        publish_retained(pub_, port, "interop/empty/retained", "old");
+        publish_retained(pub_, port, "interop/empty/retained", "");
         let late = MosquittoSub::start(sub, port, &["-t", "interop/empty/retained", "-q", "1"]);
         assert_eq!(late.messages_settled(), [], "{target:?}");
 
         // An empty publish *without* retain must leave the retained message alone
         // (MQTT-3.3.1-12). Our broker keeps retained messages itself: rumqttd's router would
         // clear it on any empty payload.
-        peers::mosquitto_pub_run(
-            pub_,
-            port,
-            &["-t", "interop/empty/plain", "-q", "1", "-r", "-m", "kept?"],
-        );
+        publish_retained(pub_, port, "interop/empty/plain", "kept?");
         peers::mosquitto_pub_run(pub_, port, &["-t", "interop/empty/plain", "-q", "1", "-n"]);
         let late = MosquittoSub::start(sub, port, &["-t", "interop/empty/plain", "-q", "1"]);
         let got = payloads(&late.messages_settled()).join(",");

@@ -3,11 +3,11 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::hardening::{connect_with, packet, publish, subscribe, Raw, WAIT};
-use support::{num, Broker, Proc, Subscriber};
+use support::{num, Broker, Proc, Publisher, Subscriber};
 
 /// A broker on `listen` keeping its log in `dir`, with `extra` flags.
 fn broker(listen: &str, dir: &Path, extra: &[&str]) -> Broker {
@@ -16,13 +16,8 @@ fn broker(listen: &str, dir: &Path, extra: &[&str]) -> Broker {
     Broker::start_exact(&args)
 }
 
-fn kill(broker: &mut Broker) {
-    broker.proc.signal(libc::SIGKILL);
-    broker.proc.wait(Duration::from_secs(10));
-}
-
 /// The single log segment in `dir` that holds records (the newest one).
-fn newest_segment(dir: &Path) -> std::path::PathBuf {
+fn newest_segment(dir: &Path) -> PathBuf {
     let mut segments: Vec<_> = std::fs::read_dir(dir.join("wal"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -96,41 +91,26 @@ fn a_broker_killed_twice_mid_run_delivers_every_reading_it_acknowledged() {
             "60",
         ],
     );
-    let pub_report = dir.path().join("pub.json");
-    let port_arg = port.to_string();
-    let mut publisher = Proc::spawn(
-        "mqtt-publisher",
-        &[
-            "--port",
-            &port_arg,
-            "--count",
-            &count,
-            "--reconnect-for",
-            "60",
-            "--report-json",
-            pub_report.to_str().unwrap(),
-        ],
-    );
+    let mut publisher = Publisher::start(port, &["--count", &count, "--reconnect-for", "60"]);
     // Flat out; killed at 30% of the run, and again at 65%.
     let mut publisher_progress = |at: u64| {
-        publisher.wait_for_stderr(
+        publisher.proc.wait_for_stderr(
             &format!("Messages published: {at}\n"),
             Duration::from_secs(60),
         );
     };
     publisher_progress(300_000);
-    kill(&mut first);
+    first.kill();
     let mut second = broker(&listen, &data, &[]);
     second
         .proc
         .wait_for_stderr("restored from", Duration::from_secs(30));
     publisher_progress(650_000);
-    kill(&mut second);
+    second.kill();
     let third = broker(&listen, &data, &[]);
 
-    let status = publisher.wait(Duration::from_secs(120));
-    let published = support::read_json(&pub_report, &publisher);
-    assert!(status.success(), "{published}\n{}", publisher.stderr());
+    let (status, published, stderr) = publisher.finish(Duration::from_secs(120));
+    assert!(status.success(), "{published}\n{stderr}");
     assert_eq!(num(&published, "acked"), N, "{published}");
     let (status, report) = subscriber.finish(Duration::from_secs(90));
     eprintln!("{report}");
@@ -155,7 +135,7 @@ fn retained_messages_sessions_and_their_backlog_survive_a_restart() {
     drop(session);
     publish_acked(port, "status/a", b"up", true);
     publish_acked(port, "t/x", b"while away", false);
-    kill(&mut first);
+    first.kill();
 
     let second = broker(&format!("127.0.0.1:{port}"), &data, &[]);
     let (mut session, present) = persistent(port, "away");
@@ -197,10 +177,12 @@ fn refused(dir: &Path, extra: &[&str]) -> String {
     proc.stderr()
 }
 
-/// A data directory with a persistent session subscribed to `t/#` and `n` readings for it
-/// acknowledged, left by a killed broker.
-fn killed_with_backlog(data: &Path, n: u64) {
-    let mut b = broker("127.0.0.1:0", data, &[]);
+/// A data directory (`data` in the scratch directory returned) with a persistent session
+/// subscribed to `t/#` and `n` readings for it acknowledged, left by a killed broker.
+fn killed_with_backlog(n: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut b = broker("127.0.0.1:0", &data, &[]);
     let (mut session, _) = persistent(b.port, "away");
     session.send(&subscribe(b"t/#", 1));
     assert_eq!(session.read_packet().0, 0x90, "SUBACK");
@@ -213,14 +195,24 @@ fn killed_with_backlog(data: &Path, n: u64) {
     while !data.join("state").exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    kill(&mut b);
+    b.kill();
+    (dir, data)
+}
+
+/// Reads the next `n` publishes of `session`, acknowledging each; returns their payloads.
+fn read_back(session: &mut Raw, n: u8) -> Vec<String> {
+    (1..=n)
+        .map(|packet_id| {
+            let (_, _, payload) = next_publish(session);
+            session.send(&packet(0x40, &[0, packet_id]));
+            String::from_utf8(payload).unwrap()
+        })
+        .collect()
 }
 
 #[test]
 fn a_torn_tail_on_the_log_or_the_state_file_is_cut_off_and_the_broker_starts() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    killed_with_backlog(&data, 3);
+    let (_dir, data) = killed_with_backlog(3);
     // Half a record at the end of the log, as a crash mid-write leaves it.
     let segment = newest_segment(&data);
     let mut bytes = std::fs::read(&segment).unwrap();
@@ -245,18 +237,15 @@ fn a_torn_tail_on_the_log_or_the_state_file_is_cut_off_and_the_broker_starts() {
     assert!(stderr.contains("torn write"), "{stderr}");
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), whole as u64);
     assert!(present, "{stderr}");
-    for i in 0..3 {
-        let (_, _, payload) = next_publish(&mut session);
-        assert_eq!(payload, format!("reading {i}").as_bytes());
-        session.send(&packet(0x40, &[0, (i + 1) as u8]));
-    }
+    assert_eq!(
+        read_back(&mut session, 3),
+        ["reading 0", "reading 1", "reading 2"]
+    );
 }
 
 #[test]
 fn a_flipped_byte_refuses_to_start_until_repair_skips_the_damaged_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    killed_with_backlog(&data, 5);
+    let (_dir, data) = killed_with_backlog(5);
     let segment = newest_segment(&data);
     let mut bytes = std::fs::read(&segment).unwrap();
     // Inside the third-last record (each is 36 bytes): damage with data behind it.
@@ -276,12 +265,7 @@ fn a_flipped_byte_refuses_to_start_until_repair_skips_the_damaged_record() {
     let mut b = broker("127.0.0.1:0", &data, &["--repair"]);
     let (mut session, present) = persistent(b.port, "away");
     assert!(present);
-    let mut got = Vec::new();
-    for i in 0..4 {
-        let (_, _, payload) = next_publish(&mut session);
-        got.push(String::from_utf8(payload).unwrap());
-        session.send(&packet(0x40, &[0, (i + 1) as u8]));
-    }
+    let got = read_back(&mut session, 4);
     assert_eq!(got.len(), 4, "one of five readings damaged: {got:?}");
     b.proc.wait_for_stderr("1 damaged records skipped", WAIT);
     drop(b);
@@ -303,7 +287,7 @@ fn a_lock_left_by_a_killed_broker_never_blocks_and_a_live_ones_does() {
         )),
         "{stderr}"
     );
-    kill(&mut live);
+    live.kill();
     let _next = broker("127.0.0.1:0", &data, &[]);
 }
 

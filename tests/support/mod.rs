@@ -180,6 +180,12 @@ impl Proc {
             .unwrap_or_else(|e| panic!("signal {signal} to {}: {e}", self.name));
     }
 
+    /// Kills the process (SIGKILL: no goodbye, no last flush) and waits until it is gone.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait(Duration::from_secs(10));
+    }
+
     /// The first line of stdout, bounded by `timeout`.
     pub fn stdout_line(&mut self, timeout: Duration) -> String {
         let name = self.name.clone();
@@ -246,6 +252,17 @@ impl Broker {
         Broker { proc, port }
     }
 
+    /// Kills the broker (SIGKILL: it keeps only what its log, if any, holds) and waits
+    /// until it is gone; a broker started on [`Broker::listen_addr`] takes its place.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Its loopback address as `--listen` takes it, for a broker started in its place.
+    pub fn listen_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     pub fn port_arg(&self) -> String {
         self.port.to_string()
     }
@@ -280,12 +297,19 @@ impl Subscriber {
         (status, read_json(&self.report, &self.proc))
     }
 
+    /// Waits for the exit like [`Subscriber::finish`] and asserts that it succeeded (exit 0);
+    /// returns the report.
+    pub fn finish_ok(self, timeout: Duration) -> Value {
+        let (status, report) = self.finish(timeout);
+        assert!(status.success(), "subscriber failed: {status}: {report}");
+        report
+    }
+
     /// Waits for the exit like [`Subscriber::finish`] and asserts a complete run of `n`
     /// readings: exit 0, `n` distinct, none missing, none corrupt, `complete`. Returns the
     /// report, for what a story checks beyond that.
     pub fn finish_complete(self, timeout: Duration, n: u64) -> Value {
-        let (status, report) = self.finish(timeout);
-        assert!(status.success(), "subscriber failed: {status}: {report}");
+        let report = self.finish_ok(timeout);
         assert_eq!(num(&report, "distinct"), n, "{report}");
         assert_eq!(num(&report, "missing"), 0, "{report}");
         assert_eq!(num(&report, "corrupt"), 0, "{report}");
@@ -295,8 +319,7 @@ impl Subscriber {
 
     /// Kills the subscriber (SIGKILL: no goodbye, no last flush) and waits until it is gone.
     pub fn kill(mut self) {
-        self.proc.signal(libc::SIGKILL);
-        self.proc.wait(Duration::from_secs(10));
+        self.proc.kill();
     }
 }
 
@@ -411,6 +434,31 @@ pub fn qos1_run_complete(port: u16, n: u64, timeout: Duration) -> (String, Value
     // The subscriber names the publisher's stream.
     assert_eq!(verified["streams"][0]["id"], published["stream_id"]);
     (stderr, verified)
+}
+
+/// Starts a publisher on a count it will not reach (`extra` adds flags), interrupts it with
+/// `signal` (SIGINT or SIGTERM) once it has published `at` readings, and asserts the
+/// orderly stop an interrupt owes: exit 130, a report saying `interrupted`, and every
+/// reading handed to the broker before the signal acknowledged in the grace period.
+/// Returns the report and stderr.
+pub fn interrupt_publisher(port: u16, extra: &[&str], at: u64, signal: i32) -> (Value, String) {
+    const MORE: u64 = 100_000_000;
+    let more = MORE.to_string();
+    let mut args = vec!["--count", &more];
+    args.extend_from_slice(extra);
+    let mut publisher = Publisher::start(port, &args);
+    publisher.proc.wait_for_stderr(
+        &format!("Messages published: {at}\n"),
+        Duration::from_secs(30),
+    );
+    publisher.proc.signal(signal);
+    let (status, report, stderr) = publisher.finish(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert_eq!(report["interrupted"], true);
+    let (published, acked) = (num(&report, "published"), num(&report, "acked"));
+    assert!((at..MORE).contains(&published), "{report}");
+    assert_eq!(acked, published, "{report}");
+    (report, stderr)
 }
 
 /// Reads a JSON report a process wrote.

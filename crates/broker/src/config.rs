@@ -647,6 +647,11 @@ mod tests {
 
     const SHIPPED: &str = include_str!("../../../config/broker.toml");
 
+    /// The one-line error `text` (as file `file`) is refused with.
+    fn rejected(text: &str, file: &str) -> String {
+        BrokerConfig::from_toml(text, file).unwrap_err().to_string()
+    }
+
     #[test]
     fn shipped_config_equals_defaults() {
         let parsed = BrokerConfig::from_toml(SHIPPED, "config/broker.toml").unwrap();
@@ -684,9 +689,7 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let text = "[listener]\naddress = \"127.0.0.1:1\"\nbogus = 1\n";
-        let err = BrokerConfig::from_toml(text, "my.toml")
-            .unwrap_err()
-            .to_string();
+        let err = rejected(text, "my.toml");
         assert!(
             err.starts_with("my.toml:3:1: [listener] bogus: unknown field `bogus`"),
             "{err}"
@@ -696,16 +699,12 @@ mod tests {
 
     #[test]
     fn unknown_section_and_wrong_type_are_one_line() {
-        let err = BrokerConfig::from_toml("[nope]\n", "f.toml")
-            .unwrap_err()
-            .to_string();
+        let err = rejected("[nope]\n", "f.toml");
         assert!(err.starts_with("f.toml:1:"), "{err}");
         assert!(err.contains("nope"), "{err}");
 
         let text = "[connections]\nmax_payload_size = \"big\"\n";
-        let err = BrokerConfig::from_toml(text, "f.toml")
-            .unwrap_err()
-            .to_string();
+        let err = rejected(text, "f.toml");
         assert!(
             err.starts_with("f.toml:2:20: [connections] max_payload_size: invalid type"),
             "{err}"
@@ -715,13 +714,9 @@ mod tests {
 
     #[test]
     fn bad_address_and_overflowing_timeout_are_rejected() {
-        let err = BrokerConfig::from_toml("[listener]\naddress = \"localhost\"\n", "f")
-            .unwrap_err()
-            .to_string();
+        let err = rejected("[listener]\naddress = \"localhost\"\n", "f");
         assert!(err.contains("[listener] address"), "{err}");
-        let err = BrokerConfig::from_toml("[connections]\nconnection_timeout_ms = 70000\n", "f")
-            .unwrap_err()
-            .to_string();
+        let err = rejected("[connections]\nconnection_timeout_ms = 70000\n", "f");
         assert!(err.contains("[connections] connection_timeout_ms"), "{err}");
     }
 
@@ -761,9 +756,7 @@ mod tests {
                 "[connections] connection_timeout_ms",
             ),
         ] {
-            let err = BrokerConfig::from_toml(text, "f.toml")
-                .unwrap_err()
-                .to_string();
+            let err = rejected(text, "f.toml");
             assert!(err.starts_with(&format!("f.toml: {key} = ")), "{err}");
         }
     }

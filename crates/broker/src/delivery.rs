@@ -260,6 +260,17 @@ impl Saved {
 mod tests {
     use super::*;
 
+    /// A session (`persistent` or clean) subscribed to `filter` and forwarded `n` messages
+    /// on `topic`, at offsets `0..n` of the router's log, none acknowledged yet.
+    fn forwarded(persistent: bool, filter: &str, topic: &[u8], n: u64) -> Delivery {
+        let mut d = Delivery::new(persistent);
+        d.subscribed(filter, None);
+        for offset in 0..n {
+            d.forwarded(topic, Some(offset), true);
+        }
+        d
+    }
+
     #[test]
     fn consecutive_offsets_are_fine_and_a_jump_is_counted() {
         let mut d = Delivery::default();
@@ -307,20 +318,13 @@ mod tests {
 
     #[test]
     fn a_clean_sessions_position_is_what_was_forwarded() {
-        let mut d = Delivery::new(false);
-        d.subscribed("t", None);
-        d.forwarded(b"t", Some(0), true);
-        d.forwarded(b"t", Some(1), true);
+        let mut d = forwarded(false, "t", b"t", 2);
         assert_eq!(d.take_moved(), vec![("t".to_owned(), 2)]);
     }
 
     #[test]
     fn a_session_resumes_at_its_first_unacknowledged_message() {
-        let mut d = Delivery::new(true);
-        d.subscribed("s/#", None);
-        for offset in 0..5 {
-            d.forwarded(b"s/1", Some(offset), true);
-        }
+        let mut d = forwarded(true, "s/#", b"s/1", 5);
         d.acknowledged(2);
         let saved = d.saved();
         assert_eq!(saved.subs, vec![("s/#".to_owned(), Some(2))]);
@@ -339,11 +343,7 @@ mod tests {
 
     #[test]
     fn the_routers_position_is_the_first_unacknowledged_message() {
-        let mut d = Delivery::new(true);
-        d.subscribed("t", None);
-        for offset in 0..3 {
-            d.forwarded(b"t", Some(offset), true);
-        }
+        let mut d = forwarded(true, "t", b"t", 3);
         assert_eq!(d.take_moved(), vec![("t".to_owned(), 0)]);
         assert!(d.take_moved().is_empty(), "nothing moved since");
         d.acknowledged(2);

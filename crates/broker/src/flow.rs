@@ -603,6 +603,18 @@ mod tests {
         ReaderKey::Client(id.to_owned())
     }
 
+    /// A log on topic `t` of `segments` segments of 100 counted bytes, read by `readers`,
+    /// filled with 10-byte messages until it holds publishers.
+    fn full(segments: usize, readers: &[ReaderKey]) -> Flow {
+        let mut flow = flow(100, segments);
+        for reader in readers {
+            flow.subscribe(reader.clone(), "t");
+        }
+        flow.created("t");
+        assert_eq!(fill(&mut flow, b"t", 10, 1000), 10 * segments);
+        flow
+    }
+
     /// Appends while admitted; returns how many went in.
     fn fill(flow: &mut Flow, topic: &[u8], size: u64, max: usize) -> usize {
         for n in 0..max {
@@ -630,10 +642,7 @@ mod tests {
     #[test]
     fn a_reader_that_has_not_finished_the_oldest_segment_holds_publishers() {
         // Segments of 100 counted bytes, 3 of them: 30 messages of 10 bytes fill the log.
-        let mut flow = flow(100, 3);
-        flow.subscribe(client("slow"), "t");
-        flow.created("t");
-        assert_eq!(fill(&mut flow, b"t", 10, 1000), 30);
+        let mut flow = full(3, &[client("slow")]);
         let park = match flow.admit(b"t") {
             Admission::Park(park) => park,
             other => panic!("{other:?}"),
@@ -666,11 +675,7 @@ mod tests {
 
     #[test]
     fn the_slowest_of_several_readers_and_a_group_as_a_whole_decide() {
-        let mut flow = flow(100, 2);
-        flow.subscribe(client("fast"), "t");
-        flow.subscribe(ReaderKey::Group("g".into()), "t");
-        flow.created("t");
-        assert_eq!(fill(&mut flow, b"t", 10, 1000), 20);
+        let mut flow = full(2, &[client("fast"), ReaderKey::Group("g".into())]);
         flow.advanced(&client("fast"), "t", 20);
         assert!(matches!(flow.admit(b"t"), Admission::Park(_)));
         // Two members of the group, each past part of the log: the group is past the first.
@@ -682,10 +687,7 @@ mod tests {
 
     #[test]
     fn an_offline_session_holds_publishers_until_its_time_is_up() {
-        let mut flow = flow(100, 2);
-        flow.subscribe(client("away"), "t");
-        flow.created("t");
-        assert_eq!(fill(&mut flow, b"t", 10, 1000), 20);
+        let mut flow = full(2, &[client("away")]);
         flow.offline(&client("away"), "t");
         assert!(matches!(flow.admit(b"t"), Admission::Park(_)));
         assert!(flow.expire(Instant::now()).is_empty());

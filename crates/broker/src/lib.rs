@@ -28,6 +28,7 @@ mod router;
 mod server;
 mod sessions;
 mod storage;
+mod ticker;
 pub mod tls;
 mod websocket;
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::BrokerError;
 use crate::hub::{Hub, Refusal};
+use crate::ticker::Ticker;
 
 /// How often the counters are copied into the exporter.
 const EVERY: Duration = Duration::from_secs(1);
@@ -35,13 +36,9 @@ pub(crate) fn serve(
     describe();
     update(&hub);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => update(&hub),
-                () = stop.cancelled() => return,
-            }
+        let mut ticker = Ticker::new(EVERY, stop);
+        while ticker.next().await {
+            update(&hub);
         }
     });
     Ok(())

@@ -19,6 +19,7 @@ use crate::hub::Hub;
 use crate::ingest::Message;
 use crate::router::LinkRequest;
 use crate::storage::{self, Recovered, Replay};
+use crate::ticker::Ticker;
 
 /// How long the router may take to answer a restored session's SUBSCRIBE.
 const SUBACK_WAIT: Duration = Duration::from_secs(5);
@@ -235,13 +236,8 @@ async fn feed(hub: Arc<Hub>, mut replay: Replay, restored: Restored) {
 /// Once a second (not while stored readings are fed back): a checkpoint of retained
 /// messages and persistent sessions, after which the log may delete what it covers.
 pub(crate) async fn checkpoints(hub: Arc<Hub>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
-        }
+    let mut ticker = Ticker::new(Duration::from_secs(1), stop);
+    while ticker.next().await {
         let Some(checkpoint) = take_checkpoint(&hub) else {
             continue;
         };

@@ -26,6 +26,7 @@ use crate::retained::RetainedStore;
 use crate::router::Router;
 use crate::sessions::Sessions;
 use crate::storage::Storage;
+use crate::ticker::Ticker;
 use crate::{listener, log, prometheus, recovery};
 
 /// What `run` prints on stdout, followed by the socket address, once the broker accepts
@@ -350,13 +351,8 @@ impl RunningBroker {
 /// Once a second: offline persistent sessions whose hold is up stop holding publishers, and
 /// logs that stopped holding publishers say so (at most one line per log per 10 s).
 async fn watch_flow(hub: Arc<Hub>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
-        }
+    let mut ticker = Ticker::new(Duration::from_secs(1), stop);
+    while ticker.next().await {
         let (expired, released) = {
             let mut flow = hub.lock_flow();
             (flow.expire(Instant::now()), flow.take_released())

@@ -29,12 +29,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use mqtt_client::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::timing::now_unix_us;
-use rumqttc::{ConnectionError, Event, EventLoop, Publish, QoS};
-use tokio_util::sync::CancellationToken;
+use rumqttc::{Event, Publish, QoS};
 
-use crate::device::{finish, tally, Connected, Identity, Job, Outcome, Plan, Shared};
+use crate::device::{resume, Books, Identity, Job, Outcome, Plan};
 use crate::encoder::Encoder;
 use crate::ledger;
 use crate::packet_ids::PacketIds;
@@ -49,13 +47,7 @@ const BATCH_SHARE: u16 = 8;
 /// Publishes according to `plan` (not paced) and counts what the broker acknowledged.
 pub(crate) async fn run(job: Job) -> Outcome {
     let Job {
-        device:
-            Connected {
-                identity,
-                stream_id,
-                client,
-                mut eventloop,
-            },
+        mut device,
         args,
         plan,
         shared,
@@ -63,15 +55,10 @@ pub(crate) async fn run(job: Job) -> Outcome {
     } = job;
     let qos = args.client.qos;
     let min_batch = (args.inflight / BATCH_SHARE).max(1);
-    let mut readings = Readings::new(&args, &identity, stream_id, plan);
-    let mut books = Books {
-        // The window holds the publisher back whenever it has no room for a batch.
-        outcome: Outcome::new(identity.clone(), stream_id, args.inflight - min_batch + 1),
-        resends_due: 0,
-        ids: PacketIds::new(args.inflight, qos),
-        qos,
-        shared: &shared,
-    };
+    let mut readings = Readings::new(&args, &device.identity, device.stream_id, plan);
+    // The window holds the publisher back whenever it has no room for a batch.
+    let mut books = Books::new(&device, args.inflight - min_batch + 1, qos, shared);
+    let mut ids = PacketIds::new(args.inflight, qos);
     let mut watch = Watch::new(&args, &shutdown);
     // Publishes to write, oldest first: never-sent ones a lost connection handed back,
     // then readings encoded just before their batch.
@@ -80,8 +67,8 @@ pub(crate) async fn run(job: Job) -> Outcome {
 
     'run: loop {
         // What rumqttc queued since (the publishes just written, the rest of an ack batch).
-        for event in ledger::queued_events(&mut eventloop) {
-            if books.see(&event) {
+        for event in ledger::queued_events(&mut device.eventloop) {
+            if see(&mut books, &mut ids, &event) {
                 watch.activity += 1;
             }
         }
@@ -94,10 +81,10 @@ pub(crate) async fn run(job: Job) -> Outcome {
         if to_send == 0 && outcome.confirmed(qos) >= outcome.published {
             break;
         }
-        let room = ledger::room(&eventloop);
+        let room = ledger::room(&device.eventloop);
         let lost = if to_send > 0 && room > 0 && room as u64 >= to_send.min(min_batch.into()) {
             readings.fill(&mut queue, room);
-            let write = ledger::write_batch(&mut eventloop, &mut queue, &mut books.ids, stall);
+            let write = ledger::write_batch(&mut device.eventloop, &mut queue, &mut ids, stall);
             tokio::pin!(write);
             loop {
                 match watch.wait(&mut books.outcome, write.as_mut()).await {
@@ -109,12 +96,12 @@ pub(crate) async fn run(job: Job) -> Outcome {
                 }
             }
         } else {
-            let poll = eventloop.poll();
+            let poll = device.eventloop.poll();
             tokio::pin!(poll);
             loop {
                 match watch.wait(&mut books.outcome, poll.as_mut()).await {
                     Woke::Done(Ok(event)) => {
-                        if books.see(&event) {
+                        if see(&mut books, &mut ids, &event) {
                             watch.activity += 1;
                         }
                         continue 'run;
@@ -131,102 +118,34 @@ pub(crate) async fn run(job: Job) -> Outcome {
                 }
             }
         };
-        ledger::drop_connection(&mut eventloop);
+        ledger::drop_connection(&mut device.eventloop);
         // Events of the lost connection still queued (a publish whose write failed, acks
         // read in the last batch) count under its rules.
-        for event in ledger::events_left(&mut eventloop, &lost) {
-            books.see(&event);
+        for event in ledger::events_left(&mut device.eventloop, &lost) {
+            see(&mut books, &mut ids, &event);
         }
-        if args.client.reconnect.reconnect_for == 0 {
-            books.outcome.lost = Some(lost.to_string());
+        if !books.rides_out(&lost, &args) {
             break;
         }
-        match resume(&mut eventloop, lost, &args, &mut queue, &shutdown).await {
-            Ok(resends) => {
-                books.outcome.reconnects += 1;
-                books.resends_due = resends;
-                watch.activity += 1;
+        // Publishes never sent go to the front of the queue, for the next batch.
+        let resumed = resume(&mut device.eventloop, lost, &args, &shutdown, |fresh| {
+            for publish in fresh.into_iter().rev() {
+                queue.push_front(publish);
             }
-            Err(ReconnectError::Interrupted) => {
-                books.outcome.interrupted = true;
-                break;
-            }
-            Err(e) => {
-                books.outcome.lost = Some(e.to_string());
-                break;
-            }
+        });
+        if !books.resumed(resumed.await) {
+            break;
         }
+        watch.activity += 1;
     }
-    let Books {
-        mut outcome,
-        mut resends_due,
-        ..
-    } = books;
-    finish(
-        &client,
-        &mut eventloop,
-        &mut outcome,
-        &mut resends_due,
-        qos,
-        &shared,
-    )
-    .await;
-    outcome
+    books.close(&device.client, &mut device.eventloop).await
 }
 
-/// What a device has counted: its outcome, the resends still to come after a reconnect,
-/// and the packet ids in flight.
-struct Books<'a> {
-    outcome: Outcome,
-    /// Outgoing publishes still to come that are resends of unacknowledged readings.
-    resends_due: u64,
-    ids: PacketIds,
-    qos: u8,
-    shared: &'a Shared,
-}
-
-impl Books<'_> {
-    /// Counts one event; returns whether it shows progress.
-    fn see(&mut self, event: &Event) -> bool {
-        self.ids.see(event);
-        tally(
-            &mut self.outcome,
-            &mut self.resends_due,
-            event,
-            self.qos,
-            self.shared,
-        )
-    }
-}
-
-/// Rides out a lost connection keeping every reading (see [`ledger`]): publishes that
-/// went out before are written again at once after the CONNACK, first; the driver counts
-/// the first `resends` outgoing publishes as resends, the number returned. Publishes
-/// never sent go to the front of `queue`, for the next batch.
-async fn resume(
-    eventloop: &mut EventLoop,
-    lost: ConnectionError,
-    args: &PublisherArgs,
-    queue: &mut VecDeque<Publish>,
-    shutdown: &CancellationToken,
-) -> Result<u64, ReconnectError> {
-    let unacked = ledger::take_unacknowledged(eventloop);
-    let resends = unacked.resends();
-    for publish in unacked.fresh.into_iter().rev() {
-        queue.push_front(publish);
-    }
-    // rumqttc clears its (now empty) pending queue on a CONNACK without a session; the
-    // ledger goes back after it either way.
-    reconnect(
-        eventloop,
-        lost,
-        &args.client.broker,
-        &args.client.reconnect,
-        shutdown,
-    )
-    .await?;
-    ledger::send_again(eventloop, unacked.ledger).await;
-    Ok(resends)
+/// Counts one event in the books and among the packet ids in flight; returns whether it
+/// shows progress.
+fn see(books: &mut Books, ids: &mut PacketIds, event: &Event) -> bool {
+    ids.see(event);
+    books.see(event)
 }
 
 /// One device's readings as publishes, made just before their batch goes out.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use mqtt_client::connect::{disconnect_seeing, first_connack, ConnectError, Session};
 use mqtt_client::progress::Progress;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing};
+use mqtt_client::reconnect::{reconnect, ReconnectError};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, Publish};
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger;
@@ -192,6 +193,115 @@ pub async fn run(job: Job) -> Outcome {
     } else {
         crate::queued::run(job).await
     }
+}
+
+/// What a device counts as its connection goes, kept the same way by both ways of
+/// publishing: the outcome so far and the resends still to come after a reconnect.
+pub(crate) struct Books {
+    pub outcome: Outcome,
+    /// Outgoing publishes still to come that are resends of unacknowledged readings.
+    pub resends_due: u64,
+    pub qos: u8,
+    shared: Arc<Shared>,
+}
+
+impl Books {
+    /// Books for `device` at `qos`, its window counted full from `full_at` readings in flight.
+    pub(crate) fn new(device: &Connected, full_at: u16, qos: u8, shared: Arc<Shared>) -> Books {
+        Books {
+            outcome: Outcome::new(device.identity.clone(), device.stream_id, full_at),
+            resends_due: 0,
+            qos,
+            shared,
+        }
+    }
+
+    /// Counts one event (see [`tally`]); returns whether it shows progress.
+    pub(crate) fn see(&mut self, event: &Event) -> bool {
+        tally(
+            &mut self.outcome,
+            &mut self.resends_due,
+            event,
+            self.qos,
+            &self.shared,
+        )
+    }
+
+    /// Whether to ride out the connection just `lost` (`--reconnect-for` above 0); if not,
+    /// the device's run ends with the connection given up.
+    pub(crate) fn rides_out(&mut self, lost: &ConnectionError, args: &PublisherArgs) -> bool {
+        if args.client.reconnect.reconnect_for == 0 {
+            self.outcome.lost = Some(lost.to_string());
+            return false;
+        }
+        true
+    }
+
+    /// Counts how riding out a lost connection ([`resume`]) ended; returns whether the run
+    /// goes on (reconnected, with that many resends to come first).
+    pub(crate) fn resumed(&mut self, resumed: Result<u64, ReconnectError>) -> bool {
+        match resumed {
+            Ok(resends) => {
+                self.outcome.reconnects += 1;
+                self.resends_due = resends;
+                true
+            }
+            Err(ReconnectError::Interrupted) => {
+                self.outcome.interrupted = true;
+                false
+            }
+            Err(e) => {
+                self.outcome.lost = Some(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Ends the run (see [`finish`]) and hands over what the device did.
+    pub(crate) async fn close(
+        mut self,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+    ) -> Outcome {
+        finish(
+            client,
+            eventloop,
+            &mut self.outcome,
+            &mut self.resends_due,
+            self.qos,
+            &self.shared,
+        )
+        .await;
+        self.outcome
+    }
+}
+
+/// Rides out a lost connection keeping every reading (see [`ledger`]): publishes that
+/// went out before are written again at once after the CONNACK, first, and the number of
+/// them returned (the driver counts that many outgoing publishes as resends). Publishes
+/// never sent go to `keep_fresh`, each way of publishing sending them on its own terms.
+pub(crate) async fn resume(
+    eventloop: &mut EventLoop,
+    lost: ConnectionError,
+    args: &PublisherArgs,
+    shutdown: &CancellationToken,
+    keep_fresh: impl FnOnce(Vec<Publish>),
+) -> Result<u64, ReconnectError> {
+    let unacked = ledger::take_unacknowledged(eventloop);
+    let resends = unacked.resends();
+    keep_fresh(unacked.fresh);
+    // rumqttc clears its (now empty) pending queue on a CONNACK without a session; the
+    // ledger goes back after it either way.
+    reconnect(
+        eventloop,
+        lost,
+        &args.client.broker,
+        &args.client.reconnect,
+        shutdown,
+    )
+    .await?;
+    ledger::send_again(eventloop, unacked.ledger).await;
+    Ok(resends)
 }
 
 /// Ends a device's run: counts the events rumqttc still holds queued and, unless the

@@ -12,12 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mqtt_client::reconnect::{reconnect, ReconnectError};
 use mqtt_protocol::timing::now_unix_us;
-use rumqttc::{AsyncClient, ConnectionError, EventLoop, Publish};
+use rumqttc::{AsyncClient, Publish};
 use tokio_util::sync::CancellationToken;
 
-use crate::device::{finish, tally, Connected, Identity, Job, Outcome, Plan};
+use crate::device::{resume, Books, Identity, Job, Outcome, Plan};
 use crate::encoder::Encoder;
 use crate::ledger;
 use crate::pacing::Pacer;
@@ -25,49 +24,36 @@ use crate::watch::{Watch, Woke};
 use crate::PublisherArgs;
 
 /// Publishes according to `plan` and counts what the broker acknowledged.
-pub(crate) async fn run(job: Job) -> Outcome {
-    let Job {
-        device:
-            Connected {
-                identity,
-                stream_id,
-                client,
-                mut eventloop,
-            },
-        args,
-        plan,
-        shared,
-        shutdown,
-    } = job;
+pub(crate) async fn run(mut job: Job) -> Outcome {
     let handed_over = Arc::new(AtomicU64::new(0));
-    let stop_producing = shutdown.child_token();
+    let stop_producing = job.shutdown.child_token();
     let producer = tokio::spawn(produce(
-        client.clone(),
-        args.clone(),
-        identity.clone(),
-        stream_id,
-        plan,
+        job.device.client.clone(),
+        job.args.clone(),
+        job.device.identity.clone(),
+        job.device.stream_id,
+        job.plan,
         handed_over.clone(),
         stop_producing.clone(),
     ));
 
-    let mut outcome = Outcome::new(identity, stream_id, args.inflight);
-    let qos = args.client.qos;
-    // Outgoing publishes still to come that are resends of unacknowledged readings.
-    let mut resends_due: u64 = 0;
-    let mut watch = Watch::new(&args, &shutdown);
+    let qos = job.args.client.qos;
+    let mut books = Books::new(&job.device, job.args.inflight, qos, job.shared);
+    let mut watch = Watch::new(&job.args, &job.shutdown);
 
     loop {
         // What was handed over, or went out: whichever the driver has seen more of.
-        let target = handed_over.load(Ordering::Acquire).max(outcome.published);
-        if outcome.confirmed(qos) >= target && producer.is_finished() {
+        let target = handed_over
+            .load(Ordering::Acquire)
+            .max(books.outcome.published);
+        if books.outcome.confirmed(qos) >= target && producer.is_finished() {
             break;
         }
         let polled = {
-            let poll = eventloop.poll();
+            let poll = job.device.eventloop.poll();
             tokio::pin!(poll);
             loop {
-                match watch.wait(&mut outcome, poll.as_mut()).await {
+                match watch.wait(&mut books.outcome, poll.as_mut()).await {
                     Woke::Done(polled) => break Some(polled),
                     // The producer stops (its token is a child of the interrupt's); what it
                     // handed over still goes out.
@@ -79,88 +65,42 @@ pub(crate) async fn run(job: Job) -> Outcome {
         match polled {
             None => break,
             Some(Ok(event)) => {
-                if tally(&mut outcome, &mut resends_due, &event, qos, &shared) {
+                if books.see(&event) {
                     watch.activity += 1;
                 }
             }
             Some(Err(e)) => {
                 // Events of the lost connection still queued (a publish whose write
                 // failed, acks read in the last batch) count under its rules.
-                for event in ledger::events_left(&mut eventloop, &e) {
-                    tally(&mut outcome, &mut resends_due, &event, qos, &shared);
+                for event in ledger::events_left(&mut job.device.eventloop, &e) {
+                    books.see(&event);
                 }
-                if args.client.reconnect.reconnect_for == 0 {
-                    outcome.lost = Some(e.to_string());
+                if !books.rides_out(&e, &job.args) {
                     break;
                 }
-                match resume(
-                    &mut eventloop,
+                // Publishes never sent go back through the request channel on a task of
+                // their own, under rumqttc's flow control.
+                let (client, stop) = (&job.device.client, &stop_producing);
+                let resumed = resume(
+                    &mut job.device.eventloop,
                     e,
-                    &args,
-                    &client,
-                    &stop_producing,
-                    &shutdown,
-                )
-                .await
-                {
-                    Ok(resends) => {
-                        outcome.reconnects += 1;
-                        resends_due = resends;
-                        watch.activity += 1;
-                    }
-                    Err(ReconnectError::Interrupted) => {
-                        outcome.interrupted = true;
-                        break;
-                    }
-                    Err(e) => {
-                        outcome.lost = Some(e.to_string());
-                        break;
-                    }
+                    &job.args,
+                    &job.shutdown,
+                    |fresh| {
+                        tokio::spawn(republish(client.clone(), fresh, stop.clone()));
+                    },
+                );
+                if !books.resumed(resumed.await) {
+                    break;
                 }
+                watch.activity += 1;
             }
         }
     }
     stop_producing.cancel();
-    finish(
-        &client,
-        &mut eventloop,
-        &mut outcome,
-        &mut resends_due,
-        qos,
-        &shared,
-    )
-    .await;
-    outcome
-}
-
-/// Rides out a lost connection keeping every reading (see [`ledger`]): publishes that
-/// went out before are written again at once after the CONNACK, first; the driver counts
-/// the first `resends` outgoing publishes as resends, the number returned. Publishes
-/// never sent go back through the request channel on a task of their own, under
-/// rumqttc's flow control.
-async fn resume(
-    eventloop: &mut EventLoop,
-    lost: ConnectionError,
-    args: &PublisherArgs,
-    client: &AsyncClient,
-    stop: &CancellationToken,
-    shutdown: &CancellationToken,
-) -> Result<u64, ReconnectError> {
-    let unacked = ledger::take_unacknowledged(eventloop);
-    let resends = unacked.resends();
-    tokio::spawn(republish(client.clone(), unacked.fresh, stop.clone()));
-    // rumqttc clears its (now empty) pending queue on a CONNACK without a session; the
-    // ledger goes back after it either way.
-    reconnect(
-        eventloop,
-        lost,
-        &args.client.broker,
-        &args.client.reconnect,
-        shutdown,
-    )
-    .await?;
-    ledger::send_again(eventloop, unacked.ledger).await;
-    Ok(resends)
+    books
+        .close(&job.device.client, &mut job.device.eventloop)
+        .await
 }
 
 /// Hands never-sent publishes back to rumqttc's request channel, in order, waiting for

@@ -50,16 +50,15 @@ pub(crate) fn lock(dir: &Path) -> Result<DirLock, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::TestDir;
 
     #[test]
     fn a_held_lock_refuses_a_second_taker_and_a_dropped_one_does_not() {
-        let dir = std::env::temp_dir().join(format!("mqtt-lock-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("lock");
         let first = lock(&dir).unwrap();
         let err = lock(&dir).unwrap_err().to_string();
         assert!(err.contains(&std::process::id().to_string()), "{err}");
         drop(first);
         lock(&dir).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -9,6 +9,9 @@
 //! checksum or length that fails with more data behind it).
 
 use std::io::{self, Read};
+use std::path::Path;
+
+use super::StorageError;
 
 /// The format version this broker writes and reads.
 pub(crate) const VERSION: u32 = 1;
@@ -38,6 +41,19 @@ pub(crate) enum Header {
     Version(u32),
     /// Not our kind of file (or shorter than a header).
     Foreign,
+}
+
+impl Header {
+    /// Why the file at `path` with this header cannot be read, `None` for one of ours: the
+    /// same error for a log segment and a state file.
+    pub(crate) fn refusal(self, path: &Path) -> Option<StorageError> {
+        let path = path.display().to_string();
+        match self {
+            Header::Ours => None,
+            Header::Version(found) => Some(StorageError::Version { path, found }),
+            Header::Foreign => Some(StorageError::Foreign { path }),
+        }
+    }
 }
 
 pub(crate) fn check_file_header(bytes: &[u8], magic: &[u8; 8]) -> Header {

@@ -13,9 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{error, warn};
 
 use super::entry::Entry;
-use super::record::{
-    check_file_header, file_header, frame, next_in, resync, Found, Header, Next, Stream,
-};
+use super::record::{check_file_header, file_header, frame, next_in, resync, Found, Next, Stream};
 use super::state::{book_subscribe, book_unsubscribe, Book, Checkpoint};
 use super::wal::{list_segments, SEGMENT_MAGIC};
 use super::{StorageError, FILE_HEADER_LEN};
@@ -183,19 +181,8 @@ fn scan_segment(
     }
     file.read_exact(&mut header)
         .map_err(|e| StorageError::io(path, "read", e))?;
-    match check_file_header(&header, SEGMENT_MAGIC) {
-        Header::Ours => {}
-        Header::Version(found) => {
-            return Err(StorageError::Version {
-                path: path.display().to_string(),
-                found,
-            })
-        }
-        Header::Foreign => {
-            return Err(StorageError::Foreign {
-                path: path.display().to_string(),
-            })
-        }
+    if let Some(refused) = check_file_header(&header, SEGMENT_MAGIC).refusal(path) {
+        return Err(refused);
     }
     let mut stream = Stream::new(BufReader::with_capacity(1 << 20, file), len);
     let mut records = 0;

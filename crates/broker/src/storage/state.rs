@@ -113,22 +113,12 @@ impl Checkpoint {
             }
             Err(e) => return Err(StorageError::io(&path, "read", e)),
         };
-        match check_file_header(&data, STATE_MAGIC) {
-            Header::Ours => {}
-            Header::Version(found) => {
-                return Err(StorageError::Version {
-                    path: path.display().to_string(),
-                    found,
-                })
-            }
-            Header::Foreign if data.len() < FILE_HEADER_LEN && repair => {
-                return Ok((Checkpoint::default(), 1))
-            }
-            Header::Foreign => {
-                return Err(StorageError::Foreign {
-                    path: path.display().to_string(),
-                })
-            }
+        let header = check_file_header(&data, STATE_MAGIC);
+        if header == Header::Foreign && data.len() < FILE_HEADER_LEN && repair {
+            return Ok((Checkpoint::default(), 1));
+        }
+        if let Some(refused) = header.refusal(&path) {
+            return Err(refused);
         }
         let mut checkpoint = Checkpoint::default();
         let mut skipped = 0;
@@ -193,11 +183,11 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::TestDir;
 
     #[test]
     fn a_checkpoint_reads_back_and_survives_a_torn_tail() {
-        let dir = std::env::temp_dir().join(format!("mqtt-state-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("state");
         let mut checkpoint = Checkpoint {
             next_id: 77,
             ..Checkpoint::default()
@@ -225,6 +215,5 @@ mod tests {
         let (torn, _) = Checkpoint::load(&dir, false).unwrap();
         assert_eq!(torn.next_id, 77);
         assert!(torn.sessions.is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -410,6 +410,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::TestDir;
 
     fn wait_for(what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -421,11 +422,9 @@ mod tests {
 
     #[test]
     fn appends_are_committed_in_segments_and_read_segments_are_deleted() {
-        let dir = std::env::temp_dir().join(format!("mqtt-wal-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("wal");
         let config = WriterConfig {
-            wal_dir: dir.clone(),
+            wal_dir: dir.to_path_buf(),
             fsync: FsyncMode::Never,
             fsync_interval: Duration::from_millis(100),
             // Segments of 1 MiB (a quarter of it, at least 1 MiB).
@@ -457,6 +456,5 @@ mod tests {
         wal.delete_below(wal.next_id());
         wait_for("the deletion", || list_segments(&dir).unwrap().len() == 1);
         wal.close();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
