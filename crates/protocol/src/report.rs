@@ -492,30 +492,15 @@ pub fn conclude<R: Serialize + fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::Reading;
+    use crate::reading::tests::binary;
     use crate::verify::Verifier;
-    use std::borrow::Cow;
 
     /// A report of `streams` streams of 10 readings, with `gaps` of them missing one.
     fn report(streams: u64, gaps: u64) -> VerifyReport {
         let mut v = Verifier::new(streams * 10);
-        let mut buf = Vec::new();
         for stream in 1..=streams {
             for seq in (1..=10).filter(|s| stream > gaps || *s != 4) {
-                buf.clear();
-                Reading {
-                    stream_id: stream,
-                    device_id: Cow::Owned(format!("dev-{stream}")),
-                    seq,
-                    total: 10,
-                    sent_at_us: 1,
-                    lateness_us: Some(0),
-                    temperature: 20.0,
-                    humidity: 50.0,
-                    padding: 0,
-                }
-                .encode_binary(&mut buf);
-                v.record_payload(&buf);
+                v.record_payload(&binary(stream, seq, 10));
             }
         }
         VerifyReport {

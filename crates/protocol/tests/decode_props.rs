@@ -35,43 +35,30 @@ fn device_id() -> impl Strategy<Value = String> {
     })
 }
 
-fn reading(max_padding: u32) -> impl Strategy<Value = Reading<'static>> {
-    (
-        any::<u64>(),
-        device_id(),
-        1..=u64::MAX,
-        any::<u64>(),
-        any::<u64>(),
-        prop::option::of(0..=MAX_LATENESS_US),
-        finite_f32(),
-        finite_f32(),
-        0..=max_padding,
-    )
-        .prop_map(
-            |(
-                stream_id,
-                device_id,
-                seq,
-                total,
-                sent_at_us,
-                lateness_us,
-                temperature,
-                humidity,
-                padding,
-            )| {
-                Reading {
-                    stream_id,
-                    device_id: Cow::Owned(device_id),
-                    seq,
-                    total,
-                    sent_at_us,
-                    lateness_us,
-                    temperature,
-                    humidity,
-                    padding,
-                }
-            },
-        )
+prop_compose! {
+    fn reading(max_padding: u32)(
+        stream_id in any::<u64>(),
+        device_id in device_id(),
+        seq in 1..=u64::MAX,
+        total in any::<u64>(),
+        sent_at_us in any::<u64>(),
+        lateness_us in prop::option::of(0..=MAX_LATENESS_US),
+        temperature in finite_f32(),
+        humidity in finite_f32(),
+        padding in 0..=max_padding,
+    ) -> Reading<'static> {
+        Reading {
+            stream_id,
+            device_id: Cow::Owned(device_id),
+            seq,
+            total,
+            sent_at_us,
+            lateness_us,
+            temperature,
+            humidity,
+            padding,
+        }
+    }
 }
 
 fn format() -> impl Strategy<Value = PayloadFormat> {
