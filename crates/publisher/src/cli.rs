@@ -55,8 +55,10 @@ pub struct PublisherArgs {
     pub ack_timeout: u64,
 
     /// Pace each device at MSGS_PER_S readings per second instead of as fast as the
-    /// window allows. Every reading carries its *intended* send time on that schedule, so
-    /// a publisher that falls behind shows up as latency at the subscriber.
+    /// window allows, each reading leaving within microseconds of its time (a timerfd on
+    /// Linux). Every reading carries its *intended* send time on that schedule and how late
+    /// it actually left, so a publisher that falls behind shows up at the subscriber, as
+    /// latency and as publisher lateness.
     #[arg(long, value_name = "MSGS_PER_S", value_parser = positive_number)]
     pub rate: Option<f64>,
 
