@@ -549,16 +549,24 @@ pub(crate) mod tests {
         }
     }
 
+    /// Whether `r` in JSON, with `from` replaced by `to`, fails its checksum.
+    fn edited_json_fails_its_checksum(r: &Reading<'_>, from: &str, to: &str) -> bool {
+        let mut buf = Vec::new();
+        r.encode_json(&mut buf);
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.contains(from), "{text}");
+        matches!(
+            decode(text.replace(from, to).as_bytes()),
+            Err(DecodeError::BadChecksum { .. })
+        )
+    }
+
     #[test]
     fn a_changed_json_field_fails_the_checksum() {
-        let mut buf = Vec::new();
-        sample(0).encode_json(&mut buf);
-        let text = String::from_utf8(buf)
-            .unwrap()
-            .replace("\"seq\":42", "\"seq\":43");
-        assert!(matches!(
-            decode(text.as_bytes()),
-            Err(DecodeError::BadChecksum { .. })
+        assert!(edited_json_fails_its_checksum(
+            &sample(0),
+            "\"seq\":42",
+            "\"seq\":43"
         ));
     }
 
@@ -642,14 +650,10 @@ pub(crate) mod tests {
         );
         assert_eq!(decode(text.as_bytes()).unwrap(), old);
         // With the lateness, the checksum is format 2's, so the field is sealed too.
-        let mut buf = Vec::new();
-        sample(0).encode_json(&mut buf);
-        let text = String::from_utf8(buf)
-            .unwrap()
-            .replace("\"lateness_us\":17", "\"lateness_us\":18");
-        assert!(matches!(
-            decode(text.as_bytes()),
-            Err(DecodeError::BadChecksum { .. })
+        assert!(edited_json_fails_its_checksum(
+            &sample(0),
+            "\"lateness_us\":17",
+            "\"lateness_us\":18"
         ));
     }
 
