@@ -316,14 +316,15 @@ fn write_latencies(f: &mut fmt::Formatter<'_>, l: &Latencies) -> fmt::Result {
         )
     };
     line(f, "Latency", &l.latency_us, "")?;
-    line(
-        f,
-        "Transit",
-        &l.transit_us,
-        " (from when each reading actually left)",
-    )?;
-    // Lateness matters only when there is some: a flat-out run sends each reading at once.
+    // Transit and lateness differ from the latency only when readings left late: a flat-out
+    // run stamps each reading as it sends it (1 µs is the histograms' floor).
     if l.publisher_lateness_us.max > 1 {
+        line(
+            f,
+            "Transit",
+            &l.transit_us,
+            " (from when each reading actually left)",
+        )?;
         line(
             f,
             "Publisher lateness",
@@ -522,6 +523,38 @@ mod tests {
             peak_rss_kib: None,
             share_group: None,
         }
+    }
+
+    #[test]
+    fn the_summary_shows_transit_and_lateness_only_when_readings_left_late() {
+        let summary = |p50| LatencySummary {
+            p50,
+            p90: p50,
+            p99: p50,
+            p999: p50,
+            max: p50,
+            samples: 10,
+        };
+        let mut r = report(1, 0);
+        r.latency = Latencies {
+            latency_us: summary(900),
+            transit_us: summary(900),
+            publisher_lateness_us: summary(1),
+            ..Latencies::default()
+        };
+        let flat_out = r.to_string();
+        assert!(flat_out.contains("Latency: p50 900 µs"), "{flat_out}");
+        assert!(!flat_out.contains("Transit") && !flat_out.contains("lateness"));
+        r.latency.transit_us = summary(200);
+        r.latency.publisher_lateness_us = summary(700);
+        r.latency.arrived_before_sent = 3;
+        let paced = r.to_string();
+        assert!(paced.contains("Transit: p50 200 µs"), "{paced}");
+        assert!(paced.contains("Publisher lateness: p50 700 µs"), "{paced}");
+        assert!(
+            paced.contains("Warning: 3 readings arrived before they left"),
+            "{paced}"
+        );
     }
 
     #[test]
