@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mqtt_protocol::reading::{BinaryFormat, PayloadFormat, Reading};
+use mqtt_protocol::timing::now_unix_us;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
 use serde_json::{json, Value};
 use support::{num, publish, Broker, Subscriber};
@@ -78,14 +79,9 @@ impl Script {
     /// A valid reading stamped as sent and left a minute from now: the clocks of its
     /// publisher and of the subscriber would disagree.
     fn send_from_the_future(&mut self, seq: u64) -> &mut Self {
-        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(60);
-        let sent_at_us = in_a_minute
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after the epoch")
-            .as_micros() as u64;
         let mut payload = Vec::new();
         Reading {
-            sent_at_us,
+            sent_at_us: now_unix_us() + 60_000_000,
             lateness_us: Some(0),
             ..self.reading(seq)
         }

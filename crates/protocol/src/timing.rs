@@ -132,9 +132,9 @@ impl Timing {
         }
     }
 
-    /// Records one arrival at `now` (`now_unix_us` on the wall clock). Returns true when
-    /// it arrived before it left by the clocks (and counts it).
-    pub fn record(&mut self, now: Instant, now_unix_us: u64, sent: SendTimes) -> bool {
+    /// Records one arrival at `now` (`now_unix_us` on the wall clock). When it arrived
+    /// before it left by the clocks, counts it and returns by how many µs.
+    pub fn record(&mut self, now: Instant, now_unix_us: u64, sent: SendTimes) -> Option<u64> {
         let started = *self.started.get_or_insert(now);
         let second = now.duration_since(started).as_secs() as usize;
         if self.per_second.len() <= second {
@@ -151,12 +151,10 @@ impl Timing {
                 record_span(&mut self.lateness, sent_at, departed);
             }
         }
-        let left = sent.departed_at_us.or(sent.sent_at_us);
-        let early = left.is_some_and(|left| now_unix_us < left);
-        if early {
-            self.arrived_before_sent += 1;
-        }
-        early
+        let left = sent.departed_at_us.or(sent.sent_at_us)?;
+        let early = left.checked_sub(now_unix_us).filter(|&by| by > 0)?;
+        self.arrived_before_sent += 1;
+        Some(early)
     }
 
     /// Readings so far that arrived before they left, by the clocks.
@@ -219,7 +217,10 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..1000u64 {
             let now = t0 + Duration::from_millis(i * 2);
-            assert!(!t.record(now, 1_000_000 + i + 100, sent(1_000_000 + i, None)));
+            assert_eq!(
+                t.record(now, 1_000_000 + i + 100, sent(1_000_000 + i, None)),
+                None
+            );
         }
         t.record(t0, 5, SendTimes::default());
         let l = t.latency();
@@ -268,9 +269,9 @@ mod tests {
     fn an_arrival_before_its_departure_is_a_clock_disagreement() {
         let mut t = Timing::new();
         let now = Instant::now();
-        assert!(t.record(now, 1_000, sent(900, Some(1_200))));
-        assert!(!t.record(now, 1_300, sent(900, Some(1_200))));
-        assert!(t.record(now, 800, sent(900, None)));
+        assert_eq!(t.record(now, 1_000, sent(900, Some(1_200))), Some(200));
+        assert_eq!(t.record(now, 1_300, sent(900, Some(1_200))), None);
+        assert_eq!(t.record(now, 800, sent(900, None)), Some(100));
         let l = t.latencies();
         assert_eq!(l.arrived_before_sent, 2);
         // Counted as the histograms' floor, never negative.

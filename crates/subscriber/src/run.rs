@@ -203,17 +203,13 @@ impl Run {
     fn on_reading(&mut self, publish: Publish) -> Option<End> {
         let now = Instant::now();
         let recorded = self.verifier.record_payload(&publish.payload);
-        let now_unix = now_unix_us();
+        let early = self.timing.record(now, now_unix_us(), recorded.sent);
         // Said once, when the first such reading arrives; the summary gives the count.
-        if self.timing.record(now, now_unix, recorded.sent)
-            && self.timing.arrived_before_sent() == 1
-        {
-            let left = recorded.sent.departed_at_us.or(recorded.sent.sent_at_us);
+        if let Some(early) = early.filter(|_| self.timing.arrived_before_sent() == 1) {
             tracing::warn!(
-                "a reading arrived {} µs before it left, by the clocks: the publisher's \
+                "a reading arrived {early} µs before it left, by the clocks: the publisher's \
                  clock and this machine's disagree, and latency figures with them (the \
-                 report counts such readings in arrived_before_sent)",
-                left.unwrap_or(now_unix).saturating_sub(now_unix)
+                 report counts such readings in arrived_before_sent)"
             );
         }
         self.progress.update(self.verifier.received());
