@@ -136,13 +136,14 @@ async fn produce(
         (None, Some(schedule), Some(end)) => schedule.due_before(end),
         (None, _, _) => u64::MAX,
     };
-    let mut pacer = Pacer::new();
+    // A timer only for a paced run (QoS 0 flat out comes this way too).
+    let mut paced = plan.schedule.map(|schedule| (schedule, Pacer::new()));
     for seq in 1..=last {
         if stop.is_cancelled() {
             return;
         }
-        let (sent_at_us, lateness_us) = match &plan.schedule {
-            Some(schedule) => {
+        let (sent_at_us, lateness_us) = match &mut paced {
+            Some((schedule, pacer)) => {
                 tokio::select! {
                     () = pacer.until(schedule.due(seq)) => {}
                     () = stop.cancelled() => return,
