@@ -6,7 +6,7 @@ use anyhow::{anyhow, Result};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
-use crate::scenario::BrokerKind;
+use crate::scenario::{latency_label, BrokerKind};
 use crate::summary::Row;
 
 const WIDTH: u32 = 960;
@@ -137,13 +137,7 @@ fn percentile_panel(area: &Area, rate: u64, lines: &[Line]) -> DrawResult {
         .draw()?;
     for (row, points) in lines {
         let color = broker_color(row);
-        let label = row
-            .scenario
-            .name
-            .split(", paced")
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let label = latency_label(row.scenario.broker);
         chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),

@@ -87,9 +87,19 @@ pub const LATENCY_RATES: [u64; 3] = [1_000, 10_000, 50_000];
 /// How long each latency row publishes, in a full run.
 const LATENCY_SECONDS: u64 = 5;
 
-/// The name of a latency row: `label` paced at `rate`.
-pub fn latency_row_name(label: &str, rate: u64) -> String {
-    format!("{label}, paced at {rate} msg/s")
+/// The brokers of the latency rows, each with its rows' label.
+pub const LATENCY_BROKERS: [(BrokerKind, &str); 3] = [
+    (BrokerKind::Ours, "ours"),
+    (BrokerKind::Rumqttd, "rumqttd's own broker + our clients"),
+    (BrokerKind::Mosquitto, "Mosquitto + our clients"),
+];
+
+/// The label of `broker`'s latency rows.
+pub fn latency_label(broker: BrokerKind) -> &'static str {
+    LATENCY_BROKERS
+        .iter()
+        .find(|(kind, _)| *kind == broker)
+        .map_or("", |(_, label)| label)
 }
 
 /// Sizes of the benchmark.
@@ -254,14 +264,10 @@ pub fn all(plan: &Plan) -> Vec<Scenario> {
         } else {
             rate * LATENCY_SECONDS
         };
-        for (broker, label) in [
-            (BrokerKind::Ours, "ours"),
-            (BrokerKind::Rumqttd, "rumqttd's own broker + our clients"),
-            (BrokerKind::Mosquitto, "Mosquitto + our clients"),
-        ] {
+        for (broker, label) in LATENCY_BROKERS {
             let mut r = row(
                 "latency",
-                latency_row_name(label, rate),
+                format!("{label}, paced at {rate} msg/s"),
                 broker,
                 ours(&["--rate", &rate.to_string()], count(msgs)),
                 msgs,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use mqtt_protocol::timing::{Latencies, LatencySummary};
 
 use crate::runner::Measurement;
-use crate::scenario::{latency_row_name, Scenario, LATENCY_RATES};
+use crate::scenario::{BrokerKind, Scenario, LATENCY_RATES};
 
 /// A row with every run and the medians the table shows.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +35,25 @@ impl Row {
             median: None,
             all_complete: false,
         }
+    }
+
+    /// The tables' "verified" cell: why the row did not run (the first line), or how many
+    /// of its runs verified complete.
+    pub fn verified_cell(&self) -> String {
+        let cell = match (&self.skipped, &self.median, self.errors.first()) {
+            (Some(why), _, _) => format!("skipped: {why}"),
+            (None, None, Some(error)) => format!("FAILED: {error}"),
+            (None, None, None) => String::new(),
+            (None, Some(_), _) if self.all_complete && self.errors.is_empty() => {
+                format!("yes ({}/{})", self.runs.len(), self.runs.len())
+            }
+            (None, Some(_), _) => format!(
+                "NO ({} of {} complete)",
+                self.runs.iter().filter(|r| r.complete).count(),
+                self.runs.len() + self.errors.len()
+            ),
+        };
+        cell.lines().next().unwrap_or("").to_owned()
     }
 
     /// `group: name`, for progress lines.
@@ -139,16 +158,11 @@ pub fn table(rows: &[Row]) -> String {
     for row in rows {
         let s = &row.scenario;
         let name = format!("{}: {}", s.group, s.name);
+        let verified = row.verified_cell();
         let Some(m) = &row.median else {
-            let why = match (&row.skipped, row.errors.first()) {
-                (Some(why), _) => format!("skipped: {why}"),
-                (None, Some(error)) => format!("FAILED: {error}"),
-                (None, None) => String::new(),
-            };
-            let why = why.lines().next().unwrap_or("").to_owned();
             let _ = writeln!(
                 t,
-                "| {name} | {} | - | - | - | - | - | - | - | {why} |",
+                "| {name} | {} | - | - | - | - | - | - | - | {verified} |",
                 s.messages
             );
             continue;
@@ -158,15 +172,6 @@ pub fn table(rows: &[Row]) -> String {
             let l = &l.latency_us;
             format!("{:.2}/{:.2}", l.p50 as f64 / 1000.0, l.p99 as f64 / 1000.0)
         });
-        let verified = if row.all_complete && row.errors.is_empty() {
-            format!("yes ({}/{})", row.runs.len(), row.runs.len())
-        } else {
-            format!(
-                "NO ({} of {} complete)",
-                row.runs.iter().filter(|r| r.complete).count(),
-                row.runs.len() + row.errors.len()
-            )
-        };
         let _ = writeln!(
             t,
             "| {name} | {} | {:.0} | {:.2} | {} | {} | {:.2}/{:.2}/{:.2} | {:.1}/{:.1}/{:.1} | {latency} | {verified} |",
@@ -216,15 +221,12 @@ pub fn latency_table(rows: &[Row]) -> Option<String> {
             ),
             None => ("-".into(), "-".into(), "-".into()),
         };
-        let verified = match (&row.skipped, row.all_complete && row.errors.is_empty()) {
-            (Some(why), _) => format!("skipped: {}", why.lines().next().unwrap_or("")),
-            (None, true) => format!("yes ({}/{})", row.runs.len(), row.runs.len()),
-            (None, false) => "NO".into(),
-        };
         let _ = writeln!(
             t,
-            "| {} | {} | {latency} | {transit} | {late} | {verified} |",
-            row.scenario.name, row.scenario.messages
+            "| {} | {} | {latency} | {transit} | {late} | {} |",
+            row.scenario.name,
+            row.scenario.messages,
+            row.verified_cell()
         );
     }
     Some(t)
@@ -298,19 +300,19 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
             });
         }
     }
-    let p50 = |name: &str| {
+    let p50 = |rate: u64, broker: BrokerKind| {
         rows.iter()
-            .find(|r| r.scenario.name == name)
+            .find(|r| r.scenario.paced_rate == Some(rate) && r.scenario.broker == broker)
             .and_then(|r| r.median.as_ref()?.latency.as_ref())
             .map(|l| l.latency_us.p50 as f64)
     };
     for rate in LATENCY_RATES {
-        let mosquitto = p50(&latency_row_name("Mosquitto + our clients", rate));
-        for (label, name) in [
-            ("ours", "ours"),
-            ("rumqttd's own broker", "rumqttd's own broker + our clients"),
+        let mosquitto = p50(rate, BrokerKind::Mosquitto);
+        for (label, broker) in [
+            ("ours", BrokerKind::Ours),
+            ("rumqttd's own broker", BrokerKind::Rumqttd),
         ] {
-            if let (Some(a), Some(b)) = (p50(&latency_row_name(name, rate)), mosquitto) {
+            if let (Some(a), Some(b)) = (p50(rate, broker), mosquitto) {
                 out.push(Ratio {
                     what: format!(
                         "latency p50 at {rate} msg/s: {label} / Mosquitto (lower is better)"
