@@ -140,21 +140,13 @@ async fn handshake<S, E: std::fmt::Display>(
     (timeout, setting): (Duration, &str),
     handshake: impl std::future::Future<Output = Result<S, E>>,
 ) -> Option<S> {
-    let result = tokio::time::timeout(timeout, handshake).await;
-    if !matches!(result, Ok(Ok(_))) {
-        hub.count_refused(Refusal::Handshake);
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(e)) => debug!(%peer, error = %e, "{what} handshake failed"),
+        Err(_) => debug!(%peer, "no {what} handshake within {setting}"),
     }
-    match result {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "{what} handshake failed");
-            None
-        }
-        Err(_) => {
-            debug!(%peer, "no {what} handshake within {setting}");
-            None
-        }
-    }
+    hub.count_refused(Refusal::Handshake);
+    None
 }
 
 #[cfg(test)]

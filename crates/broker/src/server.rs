@@ -175,28 +175,13 @@ pub async fn start(config: &BrokerConfig) -> Result<RunningBroker, BrokerError> 
         // The exporter binds before it returns: a taken port is an error here.
         prometheus::serve(Arc::clone(&hub), addr, stop_accepting.clone())?;
     }
-    if let Some(listener) = plain {
+    let listeners = plain
+        .map(|l| (l, Transport::Tcp))
+        .into_iter()
+        .chain(tls.zip(acceptor).map(|(l, a)| (l, Transport::Tls(a))))
+        .chain(websocket.map(|l| (l, Transport::WebSocket)));
+    for (listener, transport) in listeners {
         let stop = stop_accepting.clone();
-        tokio::spawn(listener::accept(
-            Arc::clone(&hub),
-            listener,
-            Transport::Tcp,
-            stop,
-        ));
-    }
-    if let (Some(listener), Some(acceptor)) = (tls, acceptor) {
-        let stop = stop_accepting.clone();
-        let transport = Transport::Tls(acceptor);
-        tokio::spawn(listener::accept(
-            Arc::clone(&hub),
-            listener,
-            transport,
-            stop,
-        ));
-    }
-    if let Some(listener) = websocket {
-        let stop = stop_accepting.clone();
-        let transport = Transport::WebSocket;
         tokio::spawn(listener::accept(
             Arc::clone(&hub),
             listener,

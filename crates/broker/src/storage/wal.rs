@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -69,7 +70,7 @@ struct Shared {
     /// Cancelled when the log cannot be written: the broker cannot acknowledge anything.
     failed: CancellationToken,
     /// Bytes of the log's segments on disk (`mqtt_stored_bytes`).
-    stored_bytes: std::sync::atomic::AtomicU64,
+    stored_bytes: AtomicU64,
 }
 
 /// The log's appending end.
@@ -108,7 +109,7 @@ impl Wal {
             work: Condvar::new(),
             committed,
             failed: CancellationToken::new(),
-            stored_bytes: std::sync::atomic::AtomicU64::new(0),
+            stored_bytes: AtomicU64::new(0),
         });
         let segment_bytes = SEGMENT_BYTES.min(config.max_bytes / 4).max(1 << 20);
         let mut writer = Writer {
@@ -161,14 +162,12 @@ impl Wal {
         id
     }
 
-    /// The id the next record will get.
     /// Bytes of the log's segments on disk, as of the writer's last batch.
     pub(crate) fn stored_bytes(&self) -> u64 {
-        self.shared
-            .stored_bytes
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.stored_bytes.load(Ordering::Relaxed)
     }
 
+    /// The id the next record will get.
     pub(crate) fn next_id(&self) -> u64 {
         self.lock().next_id
     }
@@ -288,9 +287,7 @@ impl Writer {
             }
             self.keep_budget();
             let stored = self.segments.iter().map(|s| s.bytes).sum();
-            self.shared
-                .stored_bytes
-                .store(stored, std::sync::atomic::Ordering::Relaxed);
+            self.shared.stored_bytes.store(stored, Ordering::Relaxed);
             if stop {
                 return;
             }
