@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::hardening::{connect_with, packet, publish, subscribe, Raw, WAIT};
-use support::{num, Broker, Proc, Publisher, Subscriber};
+use support::{num, publish_all, Broker, Proc, Publisher, Resumable, Subscriber};
 
 /// A broker on `listen` keeping its log in `dir`, with `extra` flags.
 fn broker(listen: &str, dir: &Path, extra: &[&str]) -> Broker {
@@ -119,6 +119,54 @@ fn a_broker_killed_twice_mid_run_delivers_every_reading_it_acknowledged() {
     assert_eq!(num(&report, "distinct"), N, "{report}");
     assert_eq!(report["complete"], true, "{report}");
     assert!(third.proc.stderr().contains("restored from"));
+}
+
+/// The broker's peak resident memory so far, in MiB (`VmHWM`).
+fn peak_rss_mib(broker: &Broker) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.proc.pid())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    kib / 1024
+}
+
+#[test]
+fn a_persistent_subscriber_away_for_a_million_readings_gets_them_all_from_disk() {
+    const N: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = broker("127.0.0.1:0", &dir.path().join("data"), &[]);
+    let subscriber = Resumable::new(N, "away-for-a-million", 30);
+    let first = subscriber.start(b.port);
+    b.proc.wait_for_stderr(
+        "client \"away-for-a-million\" subscribed to",
+        Duration::from_secs(30),
+    );
+    first.kill();
+    // With storage the offline session holds no one: the whole run goes by while it is
+    // away, and its backlog stays on disk, not in the router's memory.
+    publish_all(b.port, N, Duration::from_secs(120));
+    let away = peak_rss_mib(&b);
+    let second = subscriber.start(b.port);
+    let report = second.finish_complete(Duration::from_secs(120), N);
+    assert_eq!(num(&report, "duplicates"), 0, "{report}");
+    let log = b.proc.stderr();
+    assert!(log.contains("it had missed from disk"), "{log}");
+    assert!(!log.contains("rumqttd dropped"), "{log}");
+    let peak = peak_rss_mib(&b);
+    eprintln!("broker peak RSS: {away} MiB while away, {peak} MiB after the catch-up");
+    eprintln!(
+        "{}",
+        log.lines()
+            .filter(|l| l.contains("from disk"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        away <= 64 && peak <= 64,
+        "peak RSS {away} MiB while away, {peak} MiB in all"
+    );
 }
 
 #[test]

@@ -549,6 +549,7 @@ impl BrokerConfig {
             offline_hold: Duration::from_secs(self.flow.offline_hold_s),
             max_segment_size: self.router.max_segment_size as u64,
             max_segment_count: self.router.max_segment_count,
+            backlog_on_disk: self.storage.dir.is_some(),
         }
     }
 

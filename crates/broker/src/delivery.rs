@@ -30,6 +30,9 @@ struct Sub {
     ambiguous: bool,
     /// Flow control has been told it is ambiguous.
     ambiguity_told: bool,
+    /// Messages the next forward may jump over without loss: the client got them from disk
+    /// (see `connection::catch_up`).
+    excused: u64,
 }
 
 impl Sub {
@@ -111,6 +114,7 @@ impl Delivery {
             moved: false,
             ambiguous: false,
             ambiguity_told: false,
+            excused: 0,
         });
         self.next_id = self.next_id.wrapping_add(1);
     }
@@ -156,12 +160,14 @@ impl Delivery {
             let sub = &mut self.subs[i];
             id = Some(sub.id);
             sub.moved = true;
+            let excused = std::mem::take(&mut sub.excused);
             if !sub.shared {
                 if let Some(next) = sub.next {
-                    if offset > next {
+                    let count = offset.saturating_sub(next).saturating_sub(excused);
+                    if count > 0 {
                         skipped = Some(Skipped {
                             filter: sub.filter.clone(),
-                            count: offset - next,
+                            count,
                         });
                     }
                 }
@@ -172,6 +178,14 @@ impl Delivery {
             self.inflight.push_back((id, offset));
         }
         skipped
+    }
+
+    /// The client got `count` messages of `filter`'s log from elsewhere (disk): the next
+    /// forward may jump over that many without loss.
+    pub(crate) fn excuse(&mut self, filter: &str, count: u64) {
+        if let Some(sub) = self.subs.iter_mut().find(|s| s.filter == filter) {
+            sub.excused = count;
+        }
     }
 
     /// The client has acknowledged `total` QoS 1/2 forwards since the connection began.

@@ -16,6 +16,10 @@
 //! Readers are a client's subscription, or a `$share` group as a whole. An offline persistent
 //! session keeps its place and holds publishers for `[flow] offline_hold_s`; after that it no
 //! longer counts, and what the log then drops unread is counted as lost when it returns.
+//! With storage, an offline session never holds publishers: the write-ahead log keeps what it
+//! has not read, and flow control keeps the record id it is owed from (`owed_from`), so that
+//! when it returns its connection delivers from disk what the router no longer has (see
+//! `connection::catch_up`).
 //! A log is created by the router when the first SUBSCRIBE for its filter arrives there;
 //! publishes for it wait until the router has answered, so the mirror starts at offset 0
 //! with the router's.
@@ -40,6 +44,9 @@ pub(crate) struct FlowConfig {
     pub offline_hold: Duration,
     pub max_segment_size: u64,
     pub max_segment_count: usize,
+    /// Storage is on: an offline persistent session's backlog is kept on disk, so it never
+    /// holds publishers.
+    pub backlog_on_disk: bool,
 }
 
 /// Index of a log in [`Flow`].
@@ -88,6 +95,9 @@ struct Reader {
     /// No longer holds publishers: offline too long, or its position cannot be known (two of
     /// its client's filters match one topic).
     excluded: bool,
+    /// With storage: the first record id owed to this reader that the router may no longer
+    /// hold for it (it went offline there), until its connection has delivered them from disk.
+    owed_from: Option<u64>,
 }
 
 /// One router log, mirrored.
@@ -127,6 +137,7 @@ impl Log {
             online: 0,
             offline_since: None,
             excluded: false,
+            owed_from: None,
         });
         entry.online += 1;
         entry.offline_since = None;
@@ -249,9 +260,48 @@ impl Flow {
         self.member_left(reader, filter, false);
     }
 
-    /// `reader`'s persistent session went offline: it keeps its place for a while.
-    pub(crate) fn offline(&mut self, reader: &ReaderKey, filter: &str) {
+    /// `reader`'s persistent session went offline: it keeps its place for a while. With
+    /// storage (`next_record`: the id the next record gets) it holds no one, and is owed
+    /// every record from its place on.
+    pub(crate) fn offline(&mut self, reader: &ReaderKey, filter: &str, next_record: Option<u64>) {
+        let owed = self
+            .record_position(reader, filter)
+            .map(|at| match next_record {
+                Some(next) if at == u64::MAX => next,
+                _ => at,
+            });
         self.member_left(reader, filter, true);
+        if !self.config.backlog_on_disk {
+            return;
+        }
+        let Some(entry) = self.reader_mut(reader, filter) else {
+            return;
+        };
+        if entry.online == 0 {
+            entry.excluded = true;
+            // `owed` already counts what it was owed before; it is unknown only when its place
+            // rolled out of the router's log before it left (that loss is counted).
+            if owed.is_some() {
+                entry.owed_from = owed;
+            }
+        }
+        if let Some(&id) = self.by_filter.get(filter) {
+            self.check_release(id);
+        }
+    }
+
+    /// A persistent session restored from storage: offline, owed every record from
+    /// `ack_from` on.
+    pub(crate) fn restored(&mut self, reader: &ReaderKey, filter: &str, ack_from: u64) {
+        self.offline(reader, filter, None);
+        if let Some(entry) = self.reader_mut(reader, filter) {
+            entry.owed_from = Some(ack_from);
+        }
+    }
+
+    fn reader_mut(&mut self, reader: &ReaderKey, filter: &str) -> Option<&mut Reader> {
+        let &id = self.by_filter.get(filter)?;
+        self.logs[id].readers.get_mut(reader)
     }
 
     fn member_left(&mut self, reader: &ReaderKey, filter: &str, keep: bool) {
@@ -262,7 +312,7 @@ impl Flow {
         if let Some(entry) = log.readers.get_mut(reader) {
             entry.online = entry.online.saturating_sub(1);
             if entry.online == 0 {
-                if keep && self.config.hold {
+                if keep && (self.config.hold || self.config.backlog_on_disk) {
                     entry.offline_since = Some(Instant::now());
                 } else {
                     log.readers.remove(reader);
@@ -270,6 +320,50 @@ impl Flow {
             }
         }
         self.check_release(id);
+    }
+
+    /// A persistent session that came back (and is online in `filter` again): the records it
+    /// is owed that the router will not deliver, `from..to` by id, if any. `next_record` is
+    /// the id the next record gets. Call under the same lock as [`Flow::online`]. Forgets
+    /// what it owes when nothing is missing, or when it cannot tell what is.
+    pub(crate) fn backlog(
+        &mut self,
+        reader: &ReaderKey,
+        filter: &str,
+        next_record: u64,
+    ) -> Option<(u64, u64)> {
+        let &id = self.by_filter.get(filter)?;
+        let log = &self.logs[id];
+        let entry = log.readers.get(reader)?;
+        let from = entry.owed_from?;
+        // The router resumes the reader at its place, or at the start of its oldest segment
+        // if its place has rolled out (and holds publishers meanwhile: it is online again).
+        let oldest = log
+            .segments
+            .front()
+            .map_or(log.appended, |&(start, _)| start);
+        let resumes_at = entry.position.max(oldest);
+        let to = if resumes_at >= log.appended {
+            Some(next_record)
+        } else {
+            resumes_at
+                .checked_sub(log.ids_base)
+                .and_then(|i| log.ids.get(usize::try_from(i).ok()?).copied())
+        };
+        match to {
+            Some(to) if to > from => Some((from, to)),
+            _ => {
+                self.caught_up(reader, filter);
+                None
+            }
+        }
+    }
+
+    /// The reader has every record it was owed from disk (acknowledged).
+    pub(crate) fn caught_up(&mut self, reader: &ReaderKey, filter: &str) {
+        if let Some(entry) = self.reader_mut(reader, filter) {
+            entry.owed_from = None;
+        }
     }
 
     /// A persistent session came back: its reader is online again, at its saved position.
@@ -560,12 +654,19 @@ impl Flow {
     pub(crate) fn record_position(&self, reader: &ReaderKey, filter: &str) -> Option<u64> {
         let &id = self.by_filter.get(filter)?;
         let log = &self.logs[id];
-        let position = log.readers.get(reader)?.position;
-        if position >= log.appended {
-            return Some(u64::MAX);
+        let entry = log.readers.get(reader)?;
+        let in_log = if entry.position >= log.appended {
+            Some(u64::MAX)
+        } else {
+            entry
+                .position
+                .checked_sub(log.ids_base)
+                .and_then(|i| log.ids.get(usize::try_from(i).ok()?).copied())
+        };
+        match (entry.owed_from, in_log) {
+            (Some(owed), Some(at)) => Some(owed.min(at)),
+            (owed, at) => owed.or(at),
         }
-        let index = position.checked_sub(log.ids_base)?;
-        log.ids.get(usize::try_from(index).ok()?).copied()
     }
 
     /// Wakes the log's parked publishers if nothing holds them any more.
@@ -596,6 +697,7 @@ mod tests {
             offline_hold: Duration::from_secs(30),
             max_segment_size: segment,
             max_segment_count: count,
+            backlog_on_disk: false,
         })
     }
 
@@ -688,7 +790,7 @@ mod tests {
     #[test]
     fn an_offline_session_holds_publishers_until_its_time_is_up() {
         let mut flow = full(2, &[client("away")]);
-        flow.offline(&client("away"), "t");
+        flow.offline(&client("away"), "t", None);
         assert!(matches!(flow.admit(b"t"), Admission::Park(_)));
         assert!(flow.expire(Instant::now()).is_empty());
         let later = Instant::now() + Duration::from_secs(31);
@@ -706,6 +808,7 @@ mod tests {
             offline_hold: Duration::ZERO,
             max_segment_size: 100,
             max_segment_count: 2,
+            backlog_on_disk: false,
         });
         flow.subscribe(client("slow"), "t");
         flow.created("t");

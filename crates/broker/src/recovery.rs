@@ -144,10 +144,10 @@ async fn restore_session(
     let _ = link.tx.send(disconnect).await;
     {
         let mut flow = hub.lock_flow();
-        for path in subs.keys() {
+        for (path, sub) in subs {
             let (reader, log) = ReaderKey::of(client, path);
             flow.created(&log);
-            flow.offline(&reader, &log);
+            flow.restored(&reader, &log, sub.ack_from);
         }
     }
     hub.sessions.save(client, Saved::at(saved));

@@ -27,8 +27,11 @@ use journal::Header;
 use run::{End, Run};
 use state::{State, StateError};
 
-/// Room in rumqttc's request channel for a whole batch of acks plus a subscribe.
-const REQUEST_CAPACITY: usize = 4 * acks::MAX_BATCH;
+/// Room in rumqttc's request channel for an ack of every message a broker can have in
+/// flight (65,535 packet ids) plus a subscribe: rumqttc drains the channel only between
+/// incoming packets, and an ack that found it full would be lost, leaving the broker
+/// waiting for it for good. (The channel grows only as far as it is filled.)
+const REQUEST_CAPACITY: usize = u16::MAX as usize + 2 * acks::MAX_BATCH;
 
 /// Why a run failed. A failure after subscribing carries what had been verified.
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@
 //! shuts down, the connection fires the client's will if it ended abnormally, and leaves the
 //! router with a DISCONNECT (a persistent session then stays in the router for its return).
 
+mod catch_up;
 mod handshake;
 mod reader;
 mod window;
@@ -55,6 +56,8 @@ pub(crate) enum Outbound {
     Committed(u64, bytes::Bytes),
     /// The client acknowledged these messages sent under the broker's window.
     Acked(Vec<u16>),
+    /// A SUBACK the reader answered itself, to be completed as the router's are.
+    SubAck(rumqttd::protocol::SubAck),
 }
 
 /// Why a connection ended.
@@ -167,6 +170,10 @@ pub(crate) struct Conn<'h> {
     acl: Option<ClientAcl>,
     /// With an ACL: acknowledgements the router needs for messages withheld from the client.
     withheld: Option<Mutex<Withheld>>,
+    /// The writer is sending what the session missed from disk (see `catch_up`); the router
+    /// holds this client's SUBACKs meanwhile (its window is full), so the reader answers
+    /// a SUBSCRIBE that changes nothing itself.
+    catching_up: std::sync::atomic::AtomicBool,
 }
 
 impl Conn<'_> {
@@ -358,14 +365,41 @@ where
             .as_ref()
             .map(|acl| acl.for_client(accepted.username.as_deref(), &accepted.client_id)),
         withheld: hub.acl.as_ref().map(|_| Mutex::new(Withheld::default())),
+        catching_up: std::sync::atomic::AtomicBool::new(false),
     };
+    let mut owed = Vec::new();
     if let Some(saved) = &saved {
         let mut flow = hub.lock_flow();
         for (filter, position) in saved.positions() {
             let (reader, log) = ReaderKey::of(&router_id, filter);
-            flow.online(reader, &log, position);
+            flow.online(reader.clone(), &log, position);
+            if let Some(storage) = &hub.storage {
+                if let Some((from, to)) = flow.backlog(&reader, &log, storage.next_id()) {
+                    match storage.subscription_qos(&router_id, filter) {
+                        Some(qos) if qos > 0 => owed.push(catch_up::Owed {
+                            filter: filter.to_owned(),
+                            qos: qos.min(2),
+                            from,
+                            to,
+                        }),
+                        // A QoS 0 subscription was promised nothing.
+                        _ => flow.caught_up(&reader, &log),
+                    }
+                }
+            }
         }
     }
+    let catch_up = match &hub.storage {
+        Some(storage) if !owed.is_empty() => {
+            // What is read back must be on disk first.
+            let to = owed.iter().map(|o| o.to).max().unwrap_or(0);
+            let mut committed = storage.watch_committed();
+            let _ = committed.wait_for(|&c| c >= to).await;
+            conn.catching_up.store(true, Ordering::Release);
+            Some(catch_up::CatchUp::start(storage, owed))
+        }
+        _ => None,
+    };
     let mut delivery = match saved {
         Some(saved) => Delivery::restore(saved),
         None => Delivery::new(conn.persistent),
@@ -376,7 +410,7 @@ where
     let (read_half, write_half) = tokio::io::split(stream);
     let close = {
         let committed = hub.storage.as_ref().map(|s| s.watch_committed());
-        let mut writer = writer::Writer::new(&mut delivery, window, committed);
+        let mut writer = writer::Writer::new(&mut delivery, window, committed, catch_up);
         let reader = reader::run(&conn, read_half, accepted.rest, &outbox_tx, subscribed);
         let writer = writer::run(&conn, write_half, &mut link.rx, &mut outbox_rx, &mut writer);
         tokio::select! {
@@ -407,7 +441,7 @@ where
         for filter in delivery.filters() {
             let (reader, log) = ReaderKey::of(&router_id, filter);
             if conn.persistent {
-                flow.offline(&reader, &log);
+                flow.offline(&reader, &log, hub.storage.as_ref().map(|s| s.next_id()));
             } else {
                 flow.unsubscribe(&reader, &log);
             }

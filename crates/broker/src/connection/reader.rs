@@ -79,6 +79,8 @@ struct Reader<'c, 'h> {
     replies_after: u64,
     /// The client's acknowledgements of messages sent under the broker's window, this batch.
     window_acks: Vec<u16>,
+    /// SUBACKs of ours (see `Conn::catching_up`), this batch.
+    subacks: Vec<SubAck>,
     /// QoS 2 packet ids received and not yet released (PUBREL): a resend is not delivered
     /// twice.
     qos2: HashSet<u16>,
@@ -105,6 +107,7 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
         replies: BytesMut::new(),
         replies_after: 0,
         window_acks: Vec::new(),
+        subacks: Vec::new(),
         qos2: HashSet::new(),
         subscribed,
     };
@@ -321,10 +324,20 @@ impl Reader<'_, '_> {
             };
             return self.reply(Packet::SubAck(suback, None));
         }
+        let storage = self.conn.session_storage();
+        // While the session catches up from disk the router would hold this SUBACK; when it
+        // only repeats subscriptions the session has, at their QoS, the answer is ours.
+        let unchanged = self.conn.catching_up.load(Ordering::Acquire)
+            && storage.is_some_and(|storage| {
+                granted.iter().all(|f| {
+                    self.subscribed.contains(&f.path)
+                        && storage.subscription_qos(&self.conn.router_id, &f.path)
+                            == Some(f.qos as u8)
+                })
+            });
         self.before_barrier()?;
         let mut flow = self.conn.hub.lock_flow();
         let mut filters = Vec::with_capacity(granted.len());
-        let storage = self.conn.session_storage();
         for filter in &granted {
             if let Some(storage) = storage {
                 storage.subscribed(&self.conn.router_id, &filter.path, filter.qos as u8);
@@ -339,6 +352,23 @@ impl Reader<'_, '_> {
         }
         self.conn
             .expect(subscribe.pkid, PendingAck::Subscribe { codes, filters });
+        if unchanged {
+            drop(flow);
+            let return_codes = granted
+                .iter()
+                .map(|f| match f.qos as u8 {
+                    0 => SubscribeReasonCode::QoS0,
+                    1 => SubscribeReasonCode::QoS1,
+                    _ => SubscribeReasonCode::QoS2,
+                })
+                .collect();
+            let suback = SubAck {
+                pkid: subscribe.pkid,
+                return_codes,
+            };
+            self.subacks.push(suback);
+            return Ok(());
+        }
         subscribe.filters = granted;
         self.to_router.push(Packet::Subscribe(subscribe, None));
         // Sent while flow control is locked, so no append can come between: the router starts
@@ -510,6 +540,11 @@ impl Reader<'_, '_> {
         if !self.window_acks.is_empty() {
             let acks = Outbound::Acked(std::mem::take(&mut self.window_acks));
             if outbox.send(acks).await.is_err() {
+                return Err(Close::WriterGone);
+            }
+        }
+        for suback in std::mem::take(&mut self.subacks) {
+            if outbox.send(Outbound::SubAck(suback)).await.is_err() {
                 return Err(Close::WriterGone);
             }
         }

@@ -46,6 +46,8 @@ pub(super) struct Window {
     held: VecDeque<(Forward, Mode)>,
     /// Router packet ids to acknowledge on the client's behalf.
     router_acks: Vec<u16>,
+    /// Every forward waits (a persistent session is being sent what it missed, first).
+    paused: bool,
 }
 
 impl Window {
@@ -58,7 +60,28 @@ impl Window {
             next_pkid: FIRST_PKID - 1,
             held: VecDeque::new(),
             router_acks: Vec::new(),
+            paused: false,
         }
+    }
+
+    /// Holds every forward until [`Window::resume`].
+    pub(super) fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    pub(super) fn resume(&mut self) {
+        self.paused = false;
+    }
+
+    /// Whether a message of the broker's own may go out now: our packet ids in flight stay
+    /// within the window (at least the router's 100, when ours is off).
+    pub(super) fn has_room_for_own(&self) -> bool {
+        self.inflight.len() < self.limit.max(100)
+    }
+
+    /// Whether the client has acknowledged every message sent under our packet ids.
+    pub(super) fn all_acked(&self) -> bool {
+        self.inflight.is_empty()
     }
 
     /// From now on, forwards keep the router's window (a QoS 2 or shared subscription came).
@@ -74,7 +97,7 @@ impl Window {
         } else {
             Mode::Router
         };
-        if !self.held.is_empty() || (mode == Mode::Broker && self.full()) {
+        if self.paused || !self.held.is_empty() || (mode == Mode::Broker && self.full()) {
             self.held.push_back((forward, mode));
             return None;
         }
@@ -84,6 +107,7 @@ impl Window {
     /// The next held forward that may go out now, if any.
     pub(super) fn release(&mut self) -> Option<(Forward, Mode)> {
         match self.held.front() {
+            _ if self.paused => None,
             Some((_, Mode::Broker)) if self.full() => None,
             Some(_) => self.held.pop_front(),
             None => None,

@@ -22,6 +22,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
+use super::catch_up::CatchUp;
 use super::window::{self, Mode, Window};
 use super::{Close, Conn, Outbound, PendingAck};
 use crate::delivery::Delivery;
@@ -41,20 +42,27 @@ pub(super) struct Writer<'a> {
     /// Replies of ours that wait for the log to commit past the id (0: only for those ahead
     /// of them), in order.
     uncommitted: VecDeque<(u64, Bytes)>,
+    /// What a returning persistent session is sent from disk before the router's forwards.
+    catch_up: Option<CatchUp>,
 }
 
 impl<'a> Writer<'a> {
     pub(super) fn new(
         delivery: &'a mut Delivery,
-        window: Window,
+        mut window: Window,
         committed: Option<watch::Receiver<u64>>,
+        catch_up: Option<CatchUp>,
     ) -> Writer<'a> {
+        if catch_up.is_some() {
+            window.pause();
+        }
         Writer {
             delivery,
             window,
             buf: BytesMut::with_capacity(16 * 1024),
             committed,
             uncommitted: VecDeque::new(),
+            catch_up,
         }
     }
 
@@ -83,6 +91,14 @@ async fn log_committed(committed: &mut Option<watch::Receiver<u64>>) {
                 std::future::pending::<()>().await;
             }
         }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next batch a catch-up has read back (never without one).
+async fn read_back(catch_up: &mut Option<CatchUp>) -> Option<Vec<crate::storage::Stored>> {
+    match catch_up {
+        Some(catch_up) => catch_up.next_batch().await,
         None => std::future::pending().await,
     }
 }
@@ -128,17 +144,30 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
                 }
             }
             () = log_committed(&mut writer.committed), if !writer.uncommitted.is_empty() => {}
+            batch = read_back(&mut writer.catch_up),
+                if writer.catch_up.as_ref().is_some_and(CatchUp::wants_more) =>
+            {
+                if let Some(catch_up) = writer.catch_up.as_mut() {
+                    catch_up.take(batch);
+                }
+            }
             outbound = outbox.recv() => match outbound {
                 Some(outbound) => {
-                    writer.outbound(outbound);
-                    while let Ok(more) = outbox.try_recv() {
-                        writer.outbound(more);
+                    let mut taken = writer.outbound(conn, outbound);
+                    while let (Ok(()), Ok(more)) = (&taken, outbox.try_recv()) {
+                        taken = writer.outbound(conn, more);
+                    }
+                    if let Err(close) = taken {
+                        ended = Some(close);
                     }
                 }
                 None => ended = Some(Close::ReaderGone),
             },
         }
         writer.take_committed();
+        if let Err(close) = writer.catch_up(conn) {
+            ended.get_or_insert(close);
+        }
         if let Err(close) = writer.release(conn) {
             ended.get_or_insert(close);
         }
@@ -182,9 +211,7 @@ impl Writer<'_> {
         };
         let packet = match packet {
             Packet::SubAck(suback, _) => {
-                let (suback, retained) = self.complete_suback(conn, suback);
-                encode(Packet::SubAck(suback, None), &mut self.buf)?;
-                self.send_retained(conn, retained)?;
+                self.suback(conn, suback)?;
                 return Ok(false);
             }
             Packet::PubRel(pubrel, props) => {
@@ -210,9 +237,18 @@ impl Writer<'_> {
         Ok(false)
     }
 
+    /// Completes a SUBACK (the router's, or one the reader made) and sends the retained
+    /// messages the new subscriptions get.
+    fn suback(&mut self, conn: &Conn<'_>, suback: SubAck) -> Result<(), Close> {
+        let (suback, retained) = self.complete_suback(conn, suback);
+        encode(Packet::SubAck(suback, None), &mut self.buf)?;
+        self.send_retained(conn, retained)
+    }
+
     /// Something the reader queued for the client, or acknowledgements under our window.
-    fn outbound(&mut self, outbound: Outbound) {
+    fn outbound(&mut self, conn: &Conn<'_>, outbound: Outbound) -> Result<(), Close> {
         match outbound {
+            Outbound::SubAck(suback) => return self.suback(conn, suback),
             Outbound::Bytes(bytes) if self.uncommitted.is_empty() => {
                 self.buf.extend_from_slice(&bytes);
             }
@@ -220,6 +256,60 @@ impl Writer<'_> {
             Outbound::Committed(after, bytes) => self.uncommitted.push_back((after, bytes)),
             Outbound::Acked(pkids) => self.window.acked(&pkids),
         }
+        Ok(())
+    }
+
+    /// Sends what a catch-up has read back, as far as the window lets it; once the client
+    /// has acknowledged all of it, lets the router's forwards go.
+    fn catch_up(&mut self, conn: &Conn<'_>) -> Result<(), Close> {
+        let Some(catch_up) = self.catch_up.as_mut() else {
+            return Ok(());
+        };
+        while self.window.has_room_for_own() {
+            let Some((stored, qos)) = catch_up.next() else {
+                break;
+            };
+            if !conn.may_read(&stored.topic) {
+                conn.hub.stats.denied_read.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let pkid = if qos > 0 { self.window.own() } else { 0 };
+            let publish = publish_of_ours(&stored.topic, &stored.payload, qos, pkid);
+            encode(Packet::Publish(publish, None), &mut self.buf)?;
+            conn.hub.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if !(catch_up.all_sent() && self.window.all_acked()) {
+            return Ok(());
+        }
+        let Some(catch_up) = self.catch_up.take() else {
+            return Ok(());
+        };
+        let owed = catch_up.owed().to_vec();
+        let (sent, took) = catch_up.finish();
+        {
+            let mut flow = conn.hub.lock_flow();
+            for o in &owed {
+                let (reader, log) = ReaderKey::of(&conn.router_id, &o.filter);
+                flow.caught_up(&reader, &log);
+            }
+        }
+        for o in &owed {
+            let count = sent.get(&o.filter).copied().unwrap_or(0);
+            // The router's first forward jumps past what it no longer had: these.
+            self.delivery.excuse(&o.filter, count);
+            info!(
+                client_id = conn.client_id,
+                filter = o.filter,
+                delivered = count,
+                took_s = (took * 1000.0).round() / 1000.0,
+                "client {:?} got {count} readings of {} it had missed from disk in {took:.2} s",
+                conn.client_id,
+                o.filter
+            );
+        }
+        self.window.resume();
+        conn.catching_up.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Sends the held forwards there is room for, and acknowledges to the router what went
@@ -363,15 +453,8 @@ impl Writer<'_> {
         for (message, max) in retained {
             let qos = message.qos.min(max);
             let pkid = if qos > 0 { self.window.own() } else { 0 };
-            // rumqttd's `Publish` takes a QoS and packet id from outside its crate only
-            // through its own serialization.
-            let mut raw = BytesMut::with_capacity(5 + message.topic.len() + message.payload.len());
-            raw.extend_from_slice(&[0b0011_0001 | (qos << 1)]);
-            raw.extend_from_slice(&pkid.to_be_bytes());
-            raw.extend_from_slice(&(message.topic.len() as u16).to_be_bytes());
-            raw.extend_from_slice(&message.topic);
-            raw.extend_from_slice(&message.payload);
-            let publish = Publish::deserialize(raw.freeze());
+            let mut publish = publish_of_ours(&message.topic, &message.payload, qos, pkid);
+            publish.retain = true;
             encode(Packet::Publish(publish, None), &mut self.buf)?;
             conn.hub.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
         }
@@ -421,6 +504,19 @@ impl Writer<'_> {
         conn.lower_barrier();
         true
     }
+}
+
+/// A PUBLISH of the broker's own (not the router's) at `qos` with packet id `pkid`.
+fn publish_of_ours(topic: &[u8], payload: &[u8], qos: u8, pkid: u16) -> Publish {
+    // rumqttd's `Publish` takes a QoS and packet id from outside its crate only through its
+    // own serialization.
+    let mut raw = BytesMut::with_capacity(5 + topic.len() + payload.len());
+    raw.extend_from_slice(&[0b0011_0000 | (qos << 1)]);
+    raw.extend_from_slice(&pkid.to_be_bytes());
+    raw.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    raw.extend_from_slice(topic);
+    raw.extend_from_slice(payload);
+    Publish::deserialize(raw.freeze())
 }
 
 fn encode(packet: Packet, buf: &mut BytesMut) -> Result<(), Close> {

@@ -89,7 +89,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use crate::config::FsyncMode;
 pub(crate) use entry::Subscription;
-pub(crate) use recover::{replay, Recovered, Replay};
+pub(crate) use recover::{replay, Recovered, Replay, Stored, Wanted};
 pub(crate) use state::{Book, Checkpoint};
 
 use entry::Entry;
@@ -272,6 +272,32 @@ impl Storage {
         if state::book_unsubscribe(&mut self.book(), client, filter) {
             self.wal.append(&Entry::Unsubscribe { client, filter });
         }
+    }
+
+    /// The QoS of `client`'s persistent subscription to `filter`, if it has one.
+    pub(crate) fn subscription_qos(&self, client: &str, filter: &str) -> Option<u8> {
+        self.book().get(client)?.get(filter).map(|sub| sub.qos)
+    }
+
+    /// Reads back, on a thread of its own, the publishes `wanted` asks for, in record order.
+    /// Every record below the largest `to` must be committed.
+    pub(crate) fn read_back(&self, wanted: Vec<Wanted>) -> Replay {
+        let from = wanted.iter().map(|w| w.from).min().unwrap_or(u64::MAX);
+        let segments = match wal::list_segments(&self.dir.join("wal")) {
+            Ok(segments) => segments,
+            Err(e) => {
+                tracing::error!("cannot read back a session's backlog: {e}");
+                Vec::new()
+            }
+        };
+        // A segment holds the ids from its name up to the next one's.
+        let mut paths = Vec::with_capacity(segments.len());
+        for (i, (_, path)) in segments.iter().enumerate() {
+            if segments.get(i + 1).is_none_or(|(next, _)| *next > from) {
+                paths.push(path.clone());
+            }
+        }
+        recover::read_publishes("wal-backlog", paths, wanted)
     }
 
     /// `client`'s persistent session ended (a clean session took the id).

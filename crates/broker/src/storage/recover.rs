@@ -313,22 +313,45 @@ pub(crate) type Replay = mpsc::Receiver<Vec<Stored>>;
 /// Starts the thread that reads `segments` and sends every publish some subscription in
 /// `sessions` has not acknowledged, in batches, in record order.
 pub(crate) fn replay(segments: Vec<PathBuf>, sessions: &Book) -> Replay {
-    let subs: Vec<(String, u64)> = sessions
+    let wanted: Vec<Wanted> = sessions
         .values()
-        .flat_map(|subs| subs.iter().map(|(f, s)| (f.clone(), s.ack_from)))
+        .flat_map(|subs| {
+            subs.iter().map(|(filter, s)| Wanted {
+                filter: filter.clone(),
+                from: s.ack_from,
+                to: u64::MAX,
+            })
+        })
         .collect();
+    read_publishes("wal-replay", segments, wanted)
+}
+
+/// The publishes to `filter` with record ids in `from..to`.
+#[derive(Debug, Clone)]
+pub(crate) struct Wanted {
+    pub filter: String,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Starts a thread (named `name`) that reads `segments` and sends every routed publish that
+/// one of `wanted` asks for, in batches, in record order.
+pub(crate) fn read_publishes(name: &str, segments: Vec<PathBuf>, wanted: Vec<Wanted>) -> Replay {
     let (tx, rx) = mpsc::channel(4);
     let spawned = std::thread::Builder::new()
-        .name("wal-replay".into())
+        .name(name.into())
         .spawn(move || {
-            if subs.is_empty() {
+            if wanted.is_empty() {
                 return;
             }
-            let from = subs.iter().map(|(_, a)| *a).min().unwrap_or(u64::MAX);
             let mut batch = Vec::with_capacity(1024);
             for path in segments {
-                if let Err(e) = replay_segment(&path, from, &subs, &mut batch, &tx) {
-                    error!(file = %path.display(), "cannot replay the rest of a log segment: {e}");
+                match replay_segment(&path, &wanted, &mut batch, &tx) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        error!(file = %path.display(), "cannot read the rest of a log segment: {e}");
+                    }
                 }
             }
             if !batch.is_empty() {
@@ -336,18 +359,20 @@ pub(crate) fn replay(segments: Vec<PathBuf>, sessions: &Book) -> Replay {
             }
         });
     if let Err(e) = spawned {
-        error!("cannot start the replay thread: {e}; nothing stored is replayed");
+        error!("cannot start a thread to read the log: {e}; nothing stored is read back");
     }
     rx
 }
 
+/// Reads one segment; returns whether later segments may hold more that is wanted.
 fn replay_segment(
     path: &Path,
-    from: u64,
-    subs: &[(String, u64)],
+    wanted: &[Wanted],
     batch: &mut Vec<Stored>,
     tx: &mpsc::Sender<Vec<Stored>>,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
+    let from = wanted.iter().map(|w| w.from).min().unwrap_or(u64::MAX);
+    let to = wanted.iter().map(|w| w.to).max().unwrap_or(0);
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     let mut header = [0; FILE_HEADER_LEN];
@@ -356,10 +381,13 @@ fn replay_segment(
     loop {
         match stream.next()? {
             Found::Record => {}
-            Found::End => return Ok(()),
+            Found::End => return Ok(true),
+            // Read while the broker runs, the segment being written may end in a record
+            // still on its way: past what is wanted (everything wanted is committed).
+            Found::TornTail if to != u64::MAX => return Ok(true),
             Found::TornTail | Found::Damaged => {
                 error!(file = %path.display(), offset = stream.pos, "a record fails its check on replay: the rest of this segment is not replayed");
-                return Ok(());
+                return Ok(true);
             }
         }
         let Some((
@@ -374,15 +402,18 @@ fn replay_segment(
         else {
             continue;
         };
+        if id >= to {
+            return Ok(false);
+        }
         if id < from {
             continue;
         }
         let Ok(name) = std::str::from_utf8(topic) else {
             continue;
         };
-        if !subs
+        if !wanted
             .iter()
-            .any(|(filter, ack_from)| id >= *ack_from && matches(name, filter))
+            .any(|w| (w.from..w.to).contains(&id) && matches(name, &w.filter))
         {
             continue;
         }
@@ -397,7 +428,7 @@ fn replay_segment(
         if batch.len() >= 1024 {
             let full = std::mem::replace(batch, Vec::with_capacity(1024));
             if tx.blocking_send(full).is_err() {
-                return Ok(());
+                return Ok(false);
             }
         }
     }

@@ -1,0 +1,136 @@
+//! A persistent session that comes back to a broker with storage gets, first, what it missed
+//! that rumqttd's router no longer holds for it: its log rolled over while the session was
+//! away (an offline session holds no publishers when storage is on), or the broker restarted.
+//! Flow control knows the record id it is owed from (see `flow`), and the router's place for
+//! it tells where the router takes over; the records in between that match the subscription
+//! are read back from the write-ahead log on a thread of their own and sent by the writer
+//! under packet ids of the broker's own, within its window. Meanwhile the router's forwards
+//! wait in the window (the router sends a persistent session at most 100 ahead of its
+//! acknowledgements, so that stays small), and flow control holds publishers for the session
+//! as for any slow reader. Once the client has acknowledged everything read back, the
+//! forwards go out: the client sees every reading once, in the original order.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use rumqttd::protocol::matches;
+
+use crate::storage::{Replay, Stored, Wanted};
+
+/// One subscription's records owed from disk.
+#[derive(Debug, Clone)]
+pub(crate) struct Owed {
+    pub filter: String,
+    /// The subscription's QoS (the router delivers at it, and so does the catch-up).
+    pub qos: u8,
+    /// Record ids `from..to`.
+    pub from: u64,
+    pub to: u64,
+}
+
+/// A catch-up in progress.
+#[derive(Debug)]
+pub(super) struct CatchUp {
+    owed: Vec<Owed>,
+    /// The records read back; `None` once the reading thread has sent them all.
+    source: Option<Replay>,
+    /// Read back, not sent yet.
+    pending: VecDeque<(Stored, u8)>,
+    /// Sent, per filter.
+    sent: HashMap<String, u64>,
+    started: Instant,
+}
+
+impl CatchUp {
+    /// Starts reading `owed` back from `storage`'s log. Call once the log has committed
+    /// every record below the largest `to`.
+    pub(super) fn start(storage: &crate::storage::Storage, owed: Vec<Owed>) -> CatchUp {
+        let wanted = owed
+            .iter()
+            .map(|o| Wanted {
+                filter: o.filter.clone(),
+                from: o.from,
+                to: o.to,
+            })
+            .collect();
+        CatchUp {
+            source: Some(storage.read_back(wanted)),
+            owed,
+            pending: VecDeque::new(),
+            sent: HashMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The subscriptions it serves.
+    pub(super) fn owed(&self) -> &[Owed] {
+        &self.owed
+    }
+
+    /// Whether the writer should take the next batch read back (one batch is kept ahead).
+    pub(super) fn wants_more(&self) -> bool {
+        self.source.is_some() && self.pending.len() < 1024
+    }
+
+    /// The next batch read back, or `None` once all is read (then [`CatchUp::take`] says so).
+    pub(super) async fn next_batch(&mut self) -> Option<Vec<Stored>> {
+        match self.source.as_mut() {
+            Some(source) => source.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes a batch read back (`None`: the reading is done): each record once per owed
+    /// subscription it belongs to, at that subscription's QoS.
+    pub(super) fn take(&mut self, batch: Option<Vec<Stored>>) {
+        let Some(batch) = batch else {
+            self.source = None;
+            return;
+        };
+        for stored in batch {
+            let Ok(topic) = std::str::from_utf8(&stored.topic) else {
+                continue;
+            };
+            let owed: Vec<u8> = self
+                .owed
+                .iter()
+                .filter(|o| (o.from..o.to).contains(&stored.id) && matches(topic, &o.filter))
+                .map(|o| o.qos)
+                .collect();
+            for qos in owed {
+                self.pending.push_back((
+                    Stored {
+                        id: stored.id,
+                        topic: stored.topic.clone(),
+                        payload: stored.payload.clone(),
+                    },
+                    qos,
+                ));
+            }
+        }
+    }
+
+    /// The next record to send, with its QoS.
+    pub(super) fn next(&mut self) -> Option<(Stored, u8)> {
+        let next = self.pending.pop_front()?;
+        if let Ok(topic) = std::str::from_utf8(&next.0.topic) {
+            for owed in &self.owed {
+                if (owed.from..owed.to).contains(&next.0.id) && matches(topic, &owed.filter) {
+                    *self.sent.entry(owed.filter.clone()).or_default() += 1;
+                    break;
+                }
+            }
+        }
+        Some(next)
+    }
+
+    /// Everything is read back and sent.
+    pub(super) fn all_sent(&self) -> bool {
+        self.source.is_none() && self.pending.is_empty()
+    }
+
+    /// Records sent per filter, and the time it took.
+    pub(super) fn finish(self) -> (HashMap<String, u64>, f64) {
+        (self.sent, self.started.elapsed().as_secs_f64())
+    }
+}
