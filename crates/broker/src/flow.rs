@@ -843,6 +843,49 @@ mod tests {
     }
 
     #[test]
+    fn with_storage_an_offline_session_holds_no_one_and_is_owed_what_rolled_out() {
+        let mut flow = Flow::new(FlowConfig {
+            hold: true,
+            offline_hold: Duration::from_secs(30),
+            max_segment_size: 100,
+            max_segment_count: 2,
+            backlog_on_disk: true,
+        });
+        let append = |flow: &mut Flow, records: std::ops::Range<u64>| {
+            for record in records {
+                let Admission::Append(logs) = flow.admit(b"t") else {
+                    panic!("record {record} held");
+                };
+                flow.append(&logs, 10, Some(record));
+            }
+        };
+        flow.subscribe(client("p"), "t");
+        flow.created("t");
+        // Offsets 0..5 are records 100..105; the session has read two of them.
+        append(&mut flow, 100..105);
+        flow.advanced(&client("p"), "t", 2);
+        flow.offline(&client("p"), "t", Some(105));
+        assert_eq!(flow.record_position(&client("p"), "t"), Some(102));
+        // Away, it holds no one: a thousand more go by, rolling its place out of the log.
+        append(&mut flow, 105..1105);
+        flow.online(client("p"), "t", Some(2));
+        // The router resumes it at its oldest segment (offset 990: record 1090); the
+        // records before that, from the one it had not read, come from disk.
+        assert_eq!(flow.backlog(&client("p"), "t", 1105), Some((102, 1090)));
+        assert_eq!(flow.record_position(&client("p"), "t"), Some(102));
+        // Caught up, and then reading the router's log: its place there is what counts.
+        flow.caught_up(&client("p"), "t");
+        flow.advanced(&client("p"), "t", 1000);
+        assert_eq!(flow.record_position(&client("p"), "t"), Some(1100));
+        // Back in time, it is owed nothing.
+        flow.advanced(&client("p"), "t", 1005);
+        flow.offline(&client("p"), "t", Some(1105));
+        flow.online(client("p"), "t", Some(1005));
+        assert_eq!(flow.backlog(&client("p"), "t", 1105), None);
+        assert_eq!(flow.record_position(&client("p"), "t"), Some(u64::MAX));
+    }
+
+    #[test]
     fn readers_of_shared_subscriptions_read_the_inner_filters_log() {
         assert_eq!(
             ReaderKey::of("c1", "$share/g/sensors/#"),

@@ -34,8 +34,8 @@ pub(super) struct CatchUp {
     owed: Vec<Owed>,
     /// The records read back; `None` once the reading thread has sent them all.
     source: Option<Replay>,
-    /// Read back, not sent yet.
-    pending: VecDeque<(Stored, u8)>,
+    /// Read back, not sent yet: each with the index of the subscription it is owed to.
+    pending: VecDeque<(Stored, usize)>,
     /// Sent, per filter.
     sent: HashMap<String, u64>,
     started: Instant,
@@ -91,37 +91,25 @@ impl CatchUp {
             let Ok(topic) = std::str::from_utf8(&stored.topic) else {
                 continue;
             };
-            let owed: Vec<u8> = self
-                .owed
-                .iter()
-                .filter(|o| (o.from..o.to).contains(&stored.id) && matches(topic, &o.filter))
-                .map(|o| o.qos)
-                .collect();
-            for qos in owed {
-                self.pending.push_back((
-                    Stored {
+            for (i, owed) in self.owed.iter().enumerate() {
+                if (owed.from..owed.to).contains(&stored.id) && matches(topic, &owed.filter) {
+                    let copy = Stored {
                         id: stored.id,
                         topic: stored.topic.clone(),
                         payload: stored.payload.clone(),
-                    },
-                    qos,
-                ));
+                    };
+                    self.pending.push_back((copy, i));
+                }
             }
         }
     }
 
     /// The next record to send, with its QoS.
     pub(super) fn next(&mut self) -> Option<(Stored, u8)> {
-        let next = self.pending.pop_front()?;
-        if let Ok(topic) = std::str::from_utf8(&next.0.topic) {
-            for owed in &self.owed {
-                if (owed.from..owed.to).contains(&next.0.id) && matches(topic, &owed.filter) {
-                    *self.sent.entry(owed.filter.clone()).or_default() += 1;
-                    break;
-                }
-            }
-        }
-        Some(next)
+        let (stored, i) = self.pending.pop_front()?;
+        let owed = &self.owed[i];
+        *self.sent.entry(owed.filter.clone()).or_default() += 1;
+        Some((stored, owed.qos))
     }
 
     /// Everything is read back and sent.

@@ -60,6 +60,13 @@
 //! what was restored and how long it took. QoS 2 exchanges in flight are not stored: after a
 //! restart a publisher's PUBREL for an unknown packet id is simply completed.
 //!
+//! # Offline sessions
+//! An offline persistent session holds no publishers when storage is on: flow control keeps
+//! the record id it is owed from, and when it returns its connection reads the records the
+//! router no longer holds for it back from the log and sends them before the router's
+//! forwards (see `connection::catch_up`). The checkpoint keeps that id until the client has
+//! acknowledged them all.
+//!
 //! # Bad files
 //! A torn tail (a crash mid-write: a partial header, a body running past the end, zeros, or
 //! a final record failing its checksum) is cut off with a WARN and the broker starts. Damage
