@@ -30,9 +30,9 @@ struct Sub {
     ambiguous: bool,
     /// Flow control has been told it is ambiguous.
     ambiguity_told: bool,
-    /// Messages the next forward may jump over without loss: the client got them from disk
-    /// (see `connection::catch_up`).
-    excused: u64,
+    /// The next forward may jump without loss: the client got what it skips from disk (see
+    /// `connection::catch_up`).
+    excused: bool,
 }
 
 impl Sub {
@@ -114,7 +114,7 @@ impl Delivery {
             moved: false,
             ambiguous: false,
             ambiguity_told: false,
-            excused: 0,
+            excused: false,
         });
         self.next_id = self.next_id.wrapping_add(1);
     }
@@ -161,9 +161,9 @@ impl Delivery {
             id = Some(sub.id);
             sub.moved = true;
             let excused = std::mem::take(&mut sub.excused);
-            if !sub.shared {
+            if !sub.shared && !excused {
                 if let Some(next) = sub.next {
-                    let count = offset.saturating_sub(next).saturating_sub(excused);
+                    let count = offset.saturating_sub(next);
                     if count > 0 {
                         skipped = Some(Skipped {
                             filter: sub.filter.clone(),
@@ -180,11 +180,11 @@ impl Delivery {
         skipped
     }
 
-    /// The client got `count` messages of `filter`'s log from elsewhere (disk): the next
-    /// forward may jump over that many without loss.
-    pub(crate) fn excuse(&mut self, filter: &str, count: u64) {
+    /// The client got what the router no longer holds of `filter`'s log from elsewhere
+    /// (disk): the next forward may jump without loss.
+    pub(crate) fn excuse(&mut self, filter: &str) {
         if let Some(sub) = self.subs.iter_mut().find(|s| s.filter == filter) {
-            sub.excused = count;
+            sub.excused = true;
         }
     }
 

@@ -359,6 +359,15 @@ impl Flow {
         }
     }
 
+    /// The reader has acknowledged every record it was owed below `below`.
+    pub(crate) fn owed_below(&mut self, reader: &ReaderKey, filter: &str, below: u64) {
+        if let Some(entry) = self.reader_mut(reader, filter) {
+            if let Some(owed) = entry.owed_from.as_mut() {
+                *owed = (*owed).max(below);
+            }
+        }
+    }
+
     /// The reader has every record it was owed from disk (acknowledged).
     pub(crate) fn caught_up(&mut self, reader: &ReaderKey, filter: &str) {
         if let Some(entry) = self.reader_mut(reader, filter) {

@@ -38,6 +38,11 @@ pub(super) struct CatchUp {
     pending: VecDeque<(Stored, usize)>,
     /// Sent, per filter.
     sent: HashMap<String, u64>,
+    /// Sent and not yet acknowledged in order: packet id, record id, subscription index,
+    /// and whether the client has acknowledged it.
+    unacked: VecDeque<(u16, u64, usize, bool)>,
+    /// Per subscription: every record it is owed below this id has been acknowledged.
+    acked_below: Vec<u64>,
     started: Instant,
 }
 
@@ -55,9 +60,11 @@ impl CatchUp {
             .collect();
         CatchUp {
             source: Some(storage.read_back(wanted)),
+            acked_below: owed.iter().map(|o| o.from).collect(),
             owed,
             pending: VecDeque::new(),
             sent: HashMap::new(),
+            unacked: VecDeque::new(),
             started: Instant::now(),
         }
     }
@@ -104,12 +111,46 @@ impl CatchUp {
         }
     }
 
-    /// The next record to send, with its QoS.
-    pub(super) fn next(&mut self) -> Option<(Stored, u8)> {
+    /// The next record to send, with its QoS and the subscription it is owed to.
+    pub(super) fn next(&mut self) -> Option<(Stored, u8, usize)> {
         let (stored, i) = self.pending.pop_front()?;
         let owed = &self.owed[i];
         *self.sent.entry(owed.filter.clone()).or_default() += 1;
-        Some((stored, owed.qos))
+        Some((stored, owed.qos, i))
+    }
+
+    /// Record `id`, owed to subscription `owed`, went out under packet id `pkid` (or was
+    /// withheld: `None`, which counts as acknowledged).
+    pub(super) fn sent(&mut self, pkid: Option<u16>, id: u64, owed: usize) {
+        self.unacked
+            .push_back((pkid.unwrap_or(0), id, owed, pkid.is_none()));
+        self.settle();
+    }
+
+    /// The client acknowledged these packet ids (some may not be the catch-up's).
+    pub(super) fn acked(&mut self, pkids: &[u16]) {
+        for pkid in pkids {
+            if let Some(entry) = self.unacked.iter_mut().find(|e| e.0 == *pkid && !e.3) {
+                entry.3 = true;
+            }
+        }
+        self.settle();
+    }
+
+    fn settle(&mut self) {
+        while let Some(&(_, id, owed, true)) = self.unacked.front() {
+            self.unacked.pop_front();
+            self.acked_below[owed] = id + 1;
+        }
+    }
+
+    /// How far the client has acknowledged, per filter: it is owed from there on.
+    pub(super) fn progress(&self) -> Vec<(String, u64)> {
+        self.owed
+            .iter()
+            .zip(&self.acked_below)
+            .map(|(o, &below)| (o.filter.clone(), below))
+            .collect()
     }
 
     /// Everything is read back and sent.

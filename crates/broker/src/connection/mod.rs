@@ -408,17 +408,18 @@ where
     let window = Window::new(hub.limits.max_inflight, accepted.clean_session);
     let (outbox_tx, mut outbox_rx) = mpsc::channel(OUTBOX);
     let (read_half, write_half) = tokio::io::split(stream);
-    let close = {
+    let (close, caught_up_to) = {
         let committed = hub.storage.as_ref().map(|s| s.watch_committed());
         let mut writer = writer::Writer::new(&mut delivery, window, committed, catch_up);
         let reader = reader::run(&conn, read_half, accepted.rest, &outbox_tx, subscribed);
-        let writer = writer::run(&conn, write_half, &mut link.rx, &mut outbox_rx, &mut writer);
-        tokio::select! {
+        let writer_run = writer::run(&conn, write_half, &mut link.rx, &mut outbox_rx, &mut writer);
+        let close = tokio::select! {
             close = reader => close,
-            close = writer => close,
+            close = writer_run => close,
             () = claim.takeover.cancelled() => Close::TakenOver,
             () = hub.cut_off.cancelled() => Close::ShutDown,
-        }
+        };
+        (close, writer.catch_up_progress())
     };
     match &close {
         Close::Disconnected | Close::SocketClosed | Close::ShutDown => {
@@ -434,6 +435,11 @@ where
     delivery.acknowledged(conn.acked.load(Ordering::Relaxed));
     {
         let mut flow = hub.lock_flow();
+        // A catch-up cut short: what the client acknowledged of it is not owed again.
+        for (filter, below) in caught_up_to {
+            let (reader, log) = ReaderKey::of(&router_id, &filter);
+            flow.owed_below(&reader, &log, below);
+        }
         for (filter, position) in delivery.take_moved() {
             let (reader, log) = ReaderKey::of(&router_id, &filter);
             flow.advanced(&reader, &log, position);

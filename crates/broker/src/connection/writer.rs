@@ -254,9 +254,21 @@ impl Writer<'_> {
             }
             Outbound::Bytes(bytes) => self.uncommitted.push_back((0, bytes)),
             Outbound::Committed(after, bytes) => self.uncommitted.push_back((after, bytes)),
-            Outbound::Acked(pkids) => self.window.acked(&pkids),
+            Outbound::Acked(pkids) => {
+                if let Some(catch_up) = self.catch_up.as_mut() {
+                    catch_up.acked(&pkids);
+                }
+                self.window.acked(&pkids);
+            }
         }
         Ok(())
+    }
+
+    /// A catch-up cut short (the connection ends): how far the client got, per filter.
+    pub(super) fn catch_up_progress(&self) -> Vec<(String, u64)> {
+        self.catch_up
+            .as_ref()
+            .map_or_else(Vec::new, CatchUp::progress)
     }
 
     /// Sends what a catch-up has read back, as far as the window lets it; once the client
@@ -266,14 +278,16 @@ impl Writer<'_> {
             return Ok(());
         };
         while self.window.has_room_for_own() {
-            let Some((stored, qos)) = catch_up.next() else {
+            let Some((stored, qos, owed)) = catch_up.next() else {
                 break;
             };
             if !conn.may_read(&stored.topic) {
                 conn.hub.stats.denied_read.fetch_add(1, Ordering::Relaxed);
+                catch_up.sent(None, stored.id, owed);
                 continue;
             }
             let pkid = if qos > 0 { self.window.own() } else { 0 };
+            catch_up.sent((qos > 0).then_some(pkid), stored.id, owed);
             let publish = publish_of_ours(&stored.topic, &stored.payload, qos, pkid);
             encode(Packet::Publish(publish, None), &mut self.buf)?;
             conn.hub.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
@@ -295,8 +309,10 @@ impl Writer<'_> {
         }
         for o in &owed {
             let count = sent.get(&o.filter).copied().unwrap_or(0);
-            // The router's first forward jumps past what it no longer had: these.
-            self.delivery.excuse(&o.filter, count);
+            // The router's first forward may jump past what it no longer had: the client has
+            // that now (this connection sent part of it, earlier ones may have sent the rest;
+            // what the log deleted beyond `max_bytes` was reported when it went).
+            self.delivery.excuse(&o.filter);
             info!(
                 client_id = conn.client_id,
                 filter = o.filter,
