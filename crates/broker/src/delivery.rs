@@ -30,9 +30,9 @@ struct Sub {
     ambiguous: bool,
     /// Flow control has been told it is ambiguous.
     ambiguity_told: bool,
-    /// The next forward may jump without loss: the client got what it skips from disk (see
-    /// `connection::catch_up`).
-    excused: bool,
+    /// The client got the messages below this offset from disk (see `connection::catch_up`):
+    /// the next forward may jump to it without loss.
+    covered_until: Option<u64>,
 }
 
 impl Sub {
@@ -114,7 +114,7 @@ impl Delivery {
             moved: false,
             ambiguous: false,
             ambiguity_told: false,
-            excused: false,
+            covered_until: None,
         });
         self.next_id = self.next_id.wrapping_add(1);
     }
@@ -160,10 +160,10 @@ impl Delivery {
             let sub = &mut self.subs[i];
             id = Some(sub.id);
             sub.moved = true;
-            let excused = std::mem::take(&mut sub.excused);
-            if !sub.shared && !excused {
+            let covered = sub.covered_until.take();
+            if !sub.shared {
                 if let Some(next) = sub.next {
-                    let count = offset.saturating_sub(next);
+                    let count = offset.saturating_sub(next.max(covered.unwrap_or(0)));
                     if count > 0 {
                         skipped = Some(Skipped {
                             filter: sub.filter.clone(),
@@ -180,11 +180,11 @@ impl Delivery {
         skipped
     }
 
-    /// The client got what the router no longer holds of `filter`'s log from elsewhere
-    /// (disk): the next forward may jump without loss.
-    pub(crate) fn excuse(&mut self, filter: &str) {
+    /// The client got the messages of `filter`'s log below offset `until` from elsewhere
+    /// (disk): the next forward may jump to it without loss.
+    pub(crate) fn covered_until(&mut self, filter: &str, until: u64) {
         if let Some(sub) = self.subs.iter_mut().find(|s| s.filter == filter) {
-            sub.excused = true;
+            sub.covered_until = Some(until);
         }
     }
 
@@ -352,6 +352,24 @@ mod tests {
                 .forwarded(b"s/1", Some(7), true)
                 .map(|s| s.count),
             Some(5)
+        );
+    }
+
+    #[test]
+    fn a_jump_over_what_came_from_disk_is_no_loss_and_one_beyond_it_is() {
+        let mut d = Delivery::new(true);
+        d.subscribed("s/#", Some(10));
+        d.covered_until("s/#", 500);
+        assert_eq!(d.forwarded(b"s/1", Some(500), true), None);
+        let mut d = Delivery::new(true);
+        d.subscribed("s/#", Some(10));
+        d.covered_until("s/#", 500);
+        let skipped = d.forwarded(b"s/1", Some(520), true).map(|s| s.count);
+        assert_eq!(skipped, Some(20));
+        // Only the first forward after the catch-up is covered.
+        assert_eq!(
+            d.forwarded(b"s/1", Some(530), true).map(|s| s.count),
+            Some(9)
         );
     }
 

@@ -323,7 +323,8 @@ impl Flow {
     }
 
     /// A persistent session that came back (and is online in `filter` again): the records it
-    /// is owed that the router will not deliver, `from..to` by id, if any. `next_record` is
+    /// is owed that the router will not deliver, `from..to` by id, and the offset at which
+    /// the router resumes it, if any are owed. `next_record` is
     /// the id the next record gets. Call under the same lock as [`Flow::online`]. Forgets
     /// what it owes when nothing is missing, or when it cannot tell what is.
     pub(crate) fn backlog(
@@ -331,7 +332,7 @@ impl Flow {
         reader: &ReaderKey,
         filter: &str,
         next_record: u64,
-    ) -> Option<(u64, u64)> {
+    ) -> Option<(u64, u64, u64)> {
         let &id = self.by_filter.get(filter)?;
         let log = &self.logs[id];
         let entry = log.readers.get(reader)?;
@@ -351,7 +352,7 @@ impl Flow {
                 .and_then(|i| log.ids.get(usize::try_from(i).ok()?).copied())
         };
         match to {
-            Some(to) if to > from => Some((from, to)),
+            Some(to) if to > from => Some((from, to, resumes_at)),
             _ => {
                 self.caught_up(reader, filter);
                 None
@@ -880,7 +881,10 @@ mod tests {
         flow.online(client("p"), "t", Some(2));
         // The router resumes it at its oldest segment (offset 990: record 1090); the
         // records before that, from the one it had not read, come from disk.
-        assert_eq!(flow.backlog(&client("p"), "t", 1105), Some((102, 1090)));
+        assert_eq!(
+            flow.backlog(&client("p"), "t", 1105),
+            Some((102, 1090, 990))
+        );
         assert_eq!(flow.record_position(&client("p"), "t"), Some(102));
         // Caught up, and then reading the router's log: its place there is what counts.
         flow.caught_up(&client("p"), "t");

@@ -26,6 +26,8 @@ pub(crate) struct Owed {
     /// Record ids `from..to`.
     pub from: u64,
     pub to: u64,
+    /// The offset in the router's log where the router takes over.
+    pub resumes_at: u64,
 }
 
 /// A catch-up in progress.

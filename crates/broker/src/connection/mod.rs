@@ -295,6 +295,20 @@ where
     if claim.takeover.is_cancelled() {
         return;
     }
+    // A persistent session coming back holds its place in flow control before the router
+    // resumes it, so no log rolls further past it meanwhile (see `catch_up`).
+    let returning = if accepted.clean_session {
+        None
+    } else {
+        hub.sessions.take_saved(&router_id)
+    };
+    if let Some(saved) = &returning {
+        let mut flow = hub.lock_flow();
+        for (filter, position) in saved.positions() {
+            let (reader, log) = ReaderKey::of(&router_id, filter);
+            flow.online(reader, &log, position);
+        }
+    }
     let request = LinkRequest {
         client_id: router_id.clone(),
         clean_session: accepted.clean_session,
@@ -308,24 +322,33 @@ where
                 code: Some(ReturnCode::ServerUnavailable),
             };
             debug!(error = %e, "router refused a link");
+            stay_away(hub, &router_id, returning);
             handshake::refuse(hub, &mut stream, peer, &accepted.client_id, violation).await;
             return;
         }
     };
     let Some(Packet::ConnAck(connack, _)) = Option::<Packet>::from(link.connack.clone()) else {
+        stay_away(hub, &router_id, returning);
         return;
     };
     if accepted.clean_session {
         if let Some(storage) = &hub.storage {
             storage.forget(&router_id);
         }
+        hub.sessions.take_saved(&router_id);
     }
-    let saved = match (accepted.clean_session, connack.session_present) {
-        (false, true) => hub.sessions.take_saved(&router_id),
-        _ => {
-            hub.sessions.take_saved(&router_id);
-            None
+    let saved = if connack.session_present {
+        returning
+    } else {
+        // The router has no session to resume: its readers start afresh.
+        if let Some(saved) = returning {
+            let mut flow = hub.lock_flow();
+            for (filter, _) in saved.positions() {
+                let (reader, log) = ReaderKey::of(&router_id, filter);
+                flow.unsubscribe(&reader, &log);
+            }
         }
+        None
     };
     let session_present = connack.session_present;
     let mut hello = bytes::BytesMut::new();
@@ -335,6 +358,7 @@ where
         || stream.write_all(&hello).await.is_err()
     {
         let _ = link.tx.send(disconnect()).now_or_never();
+        stay_away(hub, &router_id, saved);
         return;
     }
     hub.stats.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -370,17 +394,18 @@ where
     let mut owed = Vec::new();
     if let Some(saved) = &saved {
         let mut flow = hub.lock_flow();
-        for (filter, position) in saved.positions() {
+        for (filter, _) in saved.positions() {
             let (reader, log) = ReaderKey::of(&router_id, filter);
-            flow.online(reader.clone(), &log, position);
             if let Some(storage) = &hub.storage {
-                if let Some((from, to)) = flow.backlog(&reader, &log, storage.next_id()) {
+                let next_record = storage.next_id();
+                if let Some((from, to, resumes_at)) = flow.backlog(&reader, &log, next_record) {
                     match storage.subscription_qos(&router_id, filter) {
                         Some(qos) if qos > 0 => owed.push(catch_up::Owed {
                             filter: filter.to_owned(),
                             qos: qos.min(2),
                             from,
                             to,
+                            resumes_at,
                         }),
                         // A QoS 0 subscription was promised nothing.
                         _ => flow.caught_up(&reader, &log),
@@ -467,6 +492,23 @@ where
             }
         }
     }
+}
+
+/// A returning persistent session whose connection failed before it began: its readers go
+/// offline again, and what it left behind stays for its next return.
+fn stay_away(hub: &Hub, router_id: &str, saved: Option<crate::delivery::Saved>) {
+    let Some(saved) = saved else {
+        return;
+    };
+    {
+        let mut flow = hub.lock_flow();
+        let next_record = hub.storage.as_ref().map(|s| s.next_id());
+        for (filter, _) in saved.positions() {
+            let (reader, log) = ReaderKey::of(router_id, filter);
+            flow.offline(&reader, &log, next_record);
+        }
+    }
+    hub.sessions.save(router_id, saved);
 }
 
 /// Publishes the client's will (unless its topic is a `$` topic, delivered to no one), as

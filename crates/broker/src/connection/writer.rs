@@ -309,10 +309,11 @@ impl Writer<'_> {
         }
         for o in &owed {
             let count = sent.get(&o.filter).copied().unwrap_or(0);
-            // The router's first forward may jump past what it no longer had: the client has
-            // that now (this connection sent part of it, earlier ones may have sent the rest;
-            // what the log deleted beyond `max_bytes` was reported when it went).
-            self.delivery.excuse(&o.filter);
+            // The router's first forward jumps past what it no longer had, up to where it
+            // takes over: the client has that now (this connection sent part of it, earlier
+            // ones may have sent the rest; what the log deleted beyond `max_bytes` was
+            // reported when it went). A jump beyond is counted as lost.
+            self.delivery.covered_until(&o.filter, o.resumes_at);
             info!(
                 client_id = conn.client_id,
                 filter = o.filter,
