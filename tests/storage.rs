@@ -257,13 +257,21 @@ fn killed_with_backlog(n: u64) -> (tempfile::TempDir, PathBuf) {
     (dir, data)
 }
 
-/// Reads the next `n` publishes of `session`, acknowledging each; returns their payloads.
+/// Reads the next `n` publishes of `session` (QoS 1), acknowledging each; returns their
+/// payloads.
 fn read_back(session: &mut Raw, n: u8) -> Vec<String> {
-    (1..=n)
-        .map(|packet_id| {
-            let (_, _, payload) = next_publish(session);
-            session.send(&packet(0x40, &[0, packet_id]));
-            String::from_utf8(payload).unwrap()
+    (0..n)
+        .map(|_| {
+            let (_, body) = loop {
+                let (first, body) = session.read_packet();
+                if first >> 4 == 3 {
+                    break (first, body);
+                }
+            };
+            let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            let packet_id = &body[2 + len..4 + len];
+            session.send(&packet(0x40, packet_id));
+            String::from_utf8(body[4 + len..].to_vec()).unwrap()
         })
         .collect()
 }

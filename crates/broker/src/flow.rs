@@ -155,8 +155,6 @@ pub(crate) enum Park {
     Creating(FilterId),
     /// A reader has not finished the segment the next append would drop.
     Full(FilterId),
-    /// Stored readings are being fed back after a restart; new publishes come after them.
-    Replaying,
 }
 
 /// What to do with a publish.
@@ -193,9 +191,6 @@ pub(crate) struct Flow {
     by_filter: HashMap<String, FilterId>,
     /// The logs each topic seen so far goes to.
     routes: HashMap<Vec<u8>, Vec<FilterId>>,
-    /// Stored readings are being fed back: new publishes wait (see `storage`).
-    replaying: bool,
-    replay_waiters: Vec<Arc<Notify>>,
 }
 
 impl Flow {
@@ -205,8 +200,6 @@ impl Flow {
             logs: Vec::new(),
             by_filter: HashMap::new(),
             routes: HashMap::new(),
-            replaying: false,
-            replay_waiters: Vec::new(),
         }
     }
 
@@ -239,6 +232,11 @@ impl Flow {
             }
         };
         let log = &mut self.logs[id];
+        // What an offline reader of the same key left (a session a clean one replaced) does
+        // not carry over to a new subscription.
+        if log.readers.get(&reader).is_some_and(|r| r.online == 0) {
+            log.readers.remove(&reader);
+        }
         let end = log.appended;
         log.join(reader, None);
         end
@@ -322,9 +320,10 @@ impl Flow {
         self.check_release(id);
     }
 
-    /// A persistent session that came back (and is online in `filter` again): the records it
-    /// is owed that the router will not deliver, `from..to` by id, and the offset at which
-    /// the router resumes it, if any are owed. `next_record` is
+    /// A persistent session that came back (and is online in `filter` again), if it is owed
+    /// records from disk: those the router will not deliver, `from..to` by id (empty if it
+    /// acknowledged them all on an earlier connection), and the offset at which the router
+    /// resumes it. `next_record` is
     /// the id the next record gets. Call under the same lock as [`Flow::online`]. Forgets
     /// what it owes when nothing is missing, or when it cannot tell what is.
     pub(crate) fn backlog(
@@ -352,8 +351,10 @@ impl Flow {
                 .and_then(|i| log.ids.get(usize::try_from(i).ok()?).copied())
         };
         match to {
-            Some(to) if to > from => Some((from, to, resumes_at)),
-            _ => {
+            Some(to) => Some((from, to, resumes_at)),
+            // It cannot be told (its place is no longer mapped): what the router skips is
+            // counted as lost.
+            None => {
                 self.caught_up(reader, filter);
                 None
             }
@@ -433,14 +434,6 @@ impl Flow {
 
     /// Decides about one publish to `topic`.
     pub(crate) fn admit(&mut self, topic: &[u8]) -> Admission {
-        if self.replaying {
-            return Admission::Park(Park::Replaying);
-        }
-        self.admit_stored(topic)
-    }
-
-    /// Decides about one stored publish fed back after a restart.
-    pub(crate) fn admit_stored(&mut self, topic: &[u8]) -> Admission {
         let logs = self.route(topic);
         if logs.is_empty() {
             return Admission::NoSubscriber;
@@ -455,19 +448,6 @@ impl Flow {
             }
         }
         Admission::Append(logs)
-    }
-
-    /// Whether stored readings are being fed back.
-    pub(crate) fn replaying(&self) -> bool {
-        self.replaying
-    }
-
-    /// New publishes wait while stored ones are fed back (`true`), or go on (`false`).
-    pub(crate) fn set_replaying(&mut self, replaying: bool) {
-        self.replaying = replaying;
-        if !replaying {
-            wake(&mut self.replay_waiters);
-        }
     }
 
     /// Appends one message of `size` counted bytes to `logs`, as the router will; with
@@ -503,12 +483,6 @@ impl Flow {
     pub(crate) fn park(&mut self, park: &Park, waiter: &Arc<Notify>) -> Option<Change> {
         let id = match *park {
             Park::Creating(id) | Park::Full(id) => id,
-            Park::Replaying => {
-                if !self.replay_waiters.iter().any(|w| Arc::ptr_eq(w, waiter)) {
-                    self.replay_waiters.push(Arc::clone(waiter));
-                }
-                return None;
-            }
         };
         let log = &mut self.logs[id];
         if !log.waiters.iter().any(|w| Arc::ptr_eq(w, waiter)) {
@@ -665,12 +639,16 @@ impl Flow {
         let &id = self.by_filter.get(filter)?;
         let log = &self.logs[id];
         let entry = log.readers.get(reader)?;
-        let in_log = if entry.position >= log.appended {
+        // Behind the oldest segment, the router resumes it at that segment.
+        let oldest = log
+            .segments
+            .front()
+            .map_or(log.appended, |&(start, _)| start);
+        let at = entry.position.max(oldest);
+        let in_log = if at >= log.appended {
             Some(u64::MAX)
         } else {
-            entry
-                .position
-                .checked_sub(log.ids_base)
+            at.checked_sub(log.ids_base)
                 .and_then(|i| log.ids.get(usize::try_from(i).ok()?).copied())
         };
         match (entry.owed_from, in_log) {
@@ -844,12 +822,6 @@ mod tests {
         flow.advanced(&client("p"), "t", 4);
         assert_eq!(flow.record_position(&client("p"), "t"), Some(u64::MAX));
         assert_eq!(flow.record_position(&client("q"), "t"), None);
-        // While stored readings are fed back, new publishes wait.
-        flow.set_replaying(true);
-        assert_eq!(flow.admit(b"t"), Admission::Park(Park::Replaying));
-        assert!(matches!(flow.admit_stored(b"t"), Admission::Append(_)));
-        flow.set_replaying(false);
-        assert!(matches!(flow.admit(b"t"), Admission::Append(_)));
     }
 
     #[test]
@@ -890,11 +862,15 @@ mod tests {
         flow.caught_up(&client("p"), "t");
         flow.advanced(&client("p"), "t", 1000);
         assert_eq!(flow.record_position(&client("p"), "t"), Some(1100));
-        // Back in time, it is owed nothing.
+        // Back in time, it is owed nothing from disk.
         flow.advanced(&client("p"), "t", 1005);
         flow.offline(&client("p"), "t", Some(1105));
         flow.online(client("p"), "t", Some(1005));
-        assert_eq!(flow.backlog(&client("p"), "t", 1105), None);
+        assert_eq!(
+            flow.backlog(&client("p"), "t", 1105),
+            Some((1105, 1105, 1005))
+        );
+        flow.caught_up(&client("p"), "t");
         assert_eq!(flow.record_position(&client("p"), "t"), Some(u64::MAX));
     }
 

@@ -1,46 +1,31 @@
 //! Storage at work in a running broker (see `storage` for the design): on start, what a
-//! storage directory held goes back into the broker and rumqttd's router (retained messages,
-//! persistent sessions, then the stored readings they have not acknowledged, fed through flow
-//! control); while running, a checkpoint a second, and a last one on shutdown.
+//! storage directory held goes back into the broker and rumqttd's router (retained messages
+//! and persistent sessions; the stored readings a session has not acknowledged wait on disk
+//! until it returns, see `connection::catch_up`); while running, a checkpoint a second, and a
+//! last one on shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 use rumqttd::protocol::{Filter, Packet, RetainForwardRule, Subscribe};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::delivery::Saved;
 use crate::error::BrokerError;
-use crate::flow::{Admission, ReaderKey};
+use crate::flow::ReaderKey;
 use crate::hub::Hub;
-use crate::ingest::Message;
 use crate::router::LinkRequest;
-use crate::storage::{self, Recovered, Replay};
+use crate::storage::{self, Recovered};
 use crate::ticker::Ticker;
 
 /// How long the router may take to answer a restored session's SUBSCRIBE.
 const SUBACK_WAIT: Duration = Duration::from_secs(5);
 
-/// What was restored, for the one INFO line at the end of the replay.
-#[derive(Debug)]
-struct Restored {
-    started: Instant,
-    /// From start to the sessions back in the router (the log read): when clients may come.
-    ready: Duration,
-    sessions: usize,
-    subscriptions: usize,
-    retained: usize,
-    records: u64,
-    torn_bytes: u64,
-    skipped: u64,
-}
-
-/// Puts back what the storage directory held: retained messages and persistent sessions
-/// now, and starts feeding the stored readings back (new publishes wait until that is done).
-/// Call before any client connects.
+/// Puts back what the storage directory held: retained messages and persistent sessions,
+/// each owed the stored readings it has not acknowledged. Says what it restored in one INFO
+/// line. Call before any client connects.
 pub(crate) async fn restore(
     hub: &Arc<Hub>,
     recovered: Recovered,
@@ -57,19 +42,30 @@ pub(crate) async fn restore(
         subscriptions += subs.len();
         restore_session(hub, client, subs).await?;
     }
-    let restored = Restored {
-        started,
-        ready: started.elapsed(),
-        sessions: recovered.sessions.len(),
+    let dir = hub
+        .storage
+        .as_ref()
+        .map(|s| s.dir().display().to_string())
+        .unwrap_or_default();
+    let ready = started.elapsed().as_secs_f64();
+    info!(
+        sessions = recovered.sessions.len(),
         subscriptions,
-        retained: recovered.retained.len(),
-        records: recovered.records,
-        torn_bytes: recovered.torn_bytes,
-        skipped: recovered.skipped,
-    };
-    hub.lock_flow().set_replaying(true);
-    let replay = storage::replay(recovered.segments, &recovered.sessions);
-    tokio::spawn(feed(Arc::clone(hub), replay, restored));
+        retained = recovered.retained.len(),
+        records = recovered.records,
+        torn_bytes = recovered.torn_bytes,
+        skipped = recovered.skipped,
+        ready_s = (ready * 1000.0).round() / 1000.0,
+        "restored from {dir}: {} persistent sessions ({subscriptions} subscriptions), {} \
+         retained messages, of {} log records read; {} damaged records skipped, {} torn \
+         bytes cut off; ready for clients after {ready:.2} s (each session gets what it has \
+         not acknowledged from disk when it returns)",
+        recovered.sessions.len(),
+        recovered.retained.len(),
+        recovered.records,
+        recovered.skipped,
+        recovered.torn_bytes
+    );
     Ok(())
 }
 
@@ -154,87 +150,8 @@ async fn restore_session(
     Ok(())
 }
 
-/// Feeds the stored readings into the router in record order, each as far as flow control
-/// lets it, then lets new publishes go and says what was restored.
-async fn feed(hub: Arc<Hub>, mut replay: Replay, restored: Restored) {
-    let waiter = Arc::new(Notify::new());
-    let mut replayed = 0u64;
-    let mut out = Vec::with_capacity(1024);
-    'batches: while let Some(batch) = replay.recv().await {
-        let mut batch = batch.into_iter().peekable();
-        while batch.peek().is_some() {
-            let parked = {
-                let mut flow = hub.lock_flow();
-                let mut parked = false;
-                while let Some(stored) = batch.peek() {
-                    match flow.admit_stored(&stored.topic) {
-                        Admission::Append(logs) => {
-                            let message = Message {
-                                topic: stored.topic.clone(),
-                                payload: stored.payload.clone(),
-                            };
-                            flow.append(&logs, message.counted_size(), Some(stored.id));
-                            out.push(message);
-                            batch.next();
-                        }
-                        Admission::NoSubscriber => {
-                            batch.next();
-                        }
-                        Admission::Park(park) => {
-                            flow.park(&park, &waiter);
-                            parked = true;
-                            break;
-                        }
-                    }
-                }
-                replayed += out.len() as u64;
-                if hub.ingest.submit(&mut out).is_err() {
-                    hub.router_gone.cancel();
-                    return;
-                }
-                parked
-            };
-            if parked {
-                tokio::select! {
-                    () = waiter.notified() => {}
-                    () = hub.cut_off.cancelled() => break 'batches,
-                }
-            }
-        }
-    }
-    hub.lock_flow().set_replaying(false);
-    let dir = hub
-        .storage
-        .as_ref()
-        .map(|s| s.dir().display().to_string())
-        .unwrap_or_default();
-    let took = restored.started.elapsed().as_secs_f64();
-    let ready = restored.ready.as_secs_f64();
-    info!(
-        sessions = restored.sessions,
-        subscriptions = restored.subscriptions,
-        retained = restored.retained,
-        replayed,
-        records = restored.records,
-        torn_bytes = restored.torn_bytes,
-        skipped = restored.skipped,
-        ready_s = (ready * 1000.0).round() / 1000.0,
-        took_s = (took * 1000.0).round() / 1000.0,
-        "restored from {dir}: {} persistent sessions ({} subscriptions), {} retained messages, \
-         {replayed} unacknowledged readings replayed, of {} log records read; {} damaged \
-         records skipped, {} torn bytes cut off; ready for clients after {ready:.2} s, \
-         replay done after {took:.2} s",
-        restored.sessions,
-        restored.subscriptions,
-        restored.retained,
-        restored.records,
-        restored.skipped,
-        restored.torn_bytes
-    );
-}
-
-/// Once a second (not while stored readings are fed back): a checkpoint of retained
-/// messages and persistent sessions, after which the log may delete what it covers.
+/// Once a second: a checkpoint of retained messages and persistent sessions, after which
+/// the log may delete what it covers.
 pub(crate) async fn checkpoints(hub: Arc<Hub>, stop: CancellationToken) {
     let mut ticker = Ticker::new(Duration::from_secs(1), stop);
     while ticker.next().await {
@@ -255,14 +172,10 @@ pub(crate) async fn checkpoints(hub: Arc<Hub>, stop: CancellationToken) {
     }
 }
 
-/// A checkpoint as of now, unless stored readings are still being fed back (their
-/// positions are not known yet).
+/// A checkpoint as of now.
 fn take_checkpoint(hub: &Hub) -> Option<storage::Checkpoint> {
     let storage = hub.storage.as_ref()?;
     let flow = hub.lock_flow();
-    if flow.replaying() {
-        return None;
-    }
     let retained = hub.retained.snapshot();
     Some(storage.checkpoint(retained, |client, filter| {
         let (reader, log) = ReaderKey::of(client, filter);

@@ -21,7 +21,7 @@ use crate::storage::{Replay, Stored, Wanted};
 #[derive(Debug, Clone)]
 pub(crate) struct Owed {
     pub filter: String,
-    /// The subscription's QoS (the router delivers at it, and so does the catch-up).
+    /// The QoS it goes out at: the subscription's (as the router delivers), at most 1.
     pub qos: u8,
     /// Record ids `from..to`.
     pub from: u64,

@@ -335,7 +335,14 @@ where
         if let Some(storage) = &hub.storage {
             storage.forget(&router_id);
         }
-        hub.sessions.take_saved(&router_id);
+        if let Some(replaced) = hub.sessions.take_saved(&router_id) {
+            // The persistent session this clean one ends: its readers go.
+            let mut flow = hub.lock_flow();
+            for (filter, _) in replaced.positions() {
+                let (reader, log) = ReaderKey::of(&router_id, filter);
+                flow.unsubscribe(&reader, &log);
+            }
+        }
     }
     let saved = if connack.session_present {
         returning
@@ -391,25 +398,33 @@ where
         withheld: hub.acl.as_ref().map(|_| Mutex::new(Withheld::default())),
         catching_up: std::sync::atomic::AtomicBool::new(false),
     };
+    // What the router no longer holds for a returning session comes from disk first.
     let mut owed = Vec::new();
-    if let Some(saved) = &saved {
+    let mut covered = Vec::new();
+    if let (Some(saved), Some(storage)) = (&saved, &hub.storage) {
         let mut flow = hub.lock_flow();
         for (filter, _) in saved.positions() {
             let (reader, log) = ReaderKey::of(&router_id, filter);
-            if let Some(storage) = &hub.storage {
-                let next_record = storage.next_id();
-                if let Some((from, to, resumes_at)) = flow.backlog(&reader, &log, next_record) {
-                    match storage.subscription_qos(&router_id, filter) {
-                        Some(qos) if qos > 0 => owed.push(catch_up::Owed {
-                            filter: filter.to_owned(),
-                            qos: qos.min(2),
-                            from,
-                            to,
-                            resumes_at,
-                        }),
-                        // A QoS 0 subscription was promised nothing.
-                        _ => flow.caught_up(&reader, &log),
-                    }
+            let Some((from, to, resumes_at)) = flow.backlog(&reader, &log, storage.next_id())
+            else {
+                continue;
+            };
+            match storage.subscription_qos(&router_id, filter) {
+                // At most QoS 1: the broker's own packet ids do not outlive a connection,
+                // and a QoS 2 exchange cut off midway could then lose a reading.
+                Some(qos) if qos > 0 && from < to => owed.push(catch_up::Owed {
+                    filter: filter.to_owned(),
+                    qos: qos.min(1),
+                    from,
+                    to,
+                    resumes_at,
+                }),
+                // A QoS 0 subscription was promised nothing.
+                Some(0) => flow.caught_up(&reader, &log),
+                // Acknowledged on an earlier connection: the router's jump loses nothing.
+                _ => {
+                    flow.caught_up(&reader, &log);
+                    covered.push((filter.to_owned(), resumes_at));
                 }
             }
         }
@@ -419,9 +434,17 @@ where
             // What is read back must be on disk first.
             let to = owed.iter().map(|o| o.to).max().unwrap_or(0);
             let mut committed = storage.watch_committed();
-            let _ = committed.wait_for(|&c| c >= to).await;
-            conn.catching_up.store(true, Ordering::Release);
-            Some(catch_up::CatchUp::start(storage, owed))
+            let failed = storage.failed();
+            tokio::select! {
+                _ = committed.wait_for(|&c| c >= to) => {
+                    conn.catching_up.store(true, Ordering::Release);
+                    Some(catch_up::CatchUp::start(storage, owed))
+                }
+                // The connection ends at once; the session stays owed.
+                () = claim.takeover.cancelled() => None,
+                () = hub.cut_off.cancelled() => None,
+                () = failed.cancelled() => None,
+            }
         }
         _ => None,
     };
@@ -429,6 +452,9 @@ where
         Some(saved) => Delivery::restore(saved),
         None => Delivery::new(conn.persistent),
     };
+    for (filter, until) in covered {
+        delivery.covered_until(&filter, until);
+    }
     let subscribed: HashSet<String> = delivery.filters().map(str::to_owned).collect();
     let window = Window::new(hub.limits.max_inflight, accepted.clean_session);
     let (outbox_tx, mut outbox_rx) = mpsc::channel(OUTBOX);

@@ -52,11 +52,10 @@
 //! tail, refusing damage), and apply the log records after the checkpoint (subscriptions,
 //! retained messages). The router keeps sessions in memory only, so each persistent session
 //! is rebuilt from outside it: a link with `clean_session(false)`, a SUBSCRIBE built by hand
-//! with each filter's QoS, a DISCONNECT. Then a replay task reads the segments again and
-//! feeds every publish that some session's subscription has not acknowledged (`id >=
-//! ack_from` and the filter matches) into the router through the ingest link, in record
-//! order and paced by flow control, keeping the records' old ids. New publishes wait until
-//! the replay is done, so each log still holds its records in id order. One INFO line says
+//! with each filter's QoS, a DISCONNECT. Each session is then owed every stored reading from
+//! its `ack_from` on: the router's new logs do not have them, so the session gets them from
+//! disk when it returns (see "Offline sessions"), in record order, before anything the
+//! router forwards it. Clients may connect as soon as the log is read. One INFO line says
 //! what was restored and how long it took. QoS 2 exchanges in flight are not stored: after a
 //! restart a publisher's PUBREL for an unknown packet id is simply completed.
 //!
@@ -96,7 +95,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use crate::config::FsyncMode;
 pub(crate) use entry::Subscription;
-pub(crate) use recover::{replay, Recovered, Replay, Stored, Wanted};
+pub(crate) use recover::{Recovered, Replay, Stored, Wanted};
 pub(crate) use state::{Book, Checkpoint};
 
 use entry::Entry;

@@ -1,7 +1,7 @@
 //! Reading a storage directory back: the checkpoint, then every segment of the log (cutting
 //! off a torn tail, refusing or, with `--repair`, skipping damage), giving the retained
-//! messages and persistent sessions as of the last record; then, on a thread of its own, the
-//! replay of what those sessions have not acknowledged.
+//! messages and persistent sessions as of the last record; and, on a thread of its own for
+//! a returning session, the stored publishes it is owed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read as _, Write as _};
@@ -32,8 +32,6 @@ pub(crate) struct Recovered {
     pub torn_bytes: u64,
     /// Damaged records skipped (`--repair`).
     pub skipped: u64,
-    /// The segments, oldest first, for the replay.
-    pub segments: Vec<PathBuf>,
 }
 
 /// Segment files: first record id, path, size.
@@ -89,7 +87,6 @@ pub(crate) fn recover(
         }
         keep
     });
-    recovered.segments = segments.iter().map(|(_, path, _)| path.clone()).collect();
     recovered.retained = state
         .retained
         .into_iter()
@@ -307,24 +304,8 @@ pub(crate) struct Stored {
     pub payload: Bytes,
 }
 
-/// What the replay thread sends, in record order.
+/// What a thread reading publishes back sends, in record order.
 pub(crate) type Replay = mpsc::Receiver<Vec<Stored>>;
-
-/// Starts the thread that reads `segments` and sends every publish some subscription in
-/// `sessions` has not acknowledged, in batches, in record order.
-pub(crate) fn replay(segments: Vec<PathBuf>, sessions: &Book) -> Replay {
-    let wanted: Vec<Wanted> = sessions
-        .values()
-        .flat_map(|subs| {
-            subs.iter().map(|(filter, s)| Wanted {
-                filter: filter.clone(),
-                from: s.ack_from,
-                to: u64::MAX,
-            })
-        })
-        .collect();
-    read_publishes("wal-replay", segments, wanted)
-}
 
 /// The publishes to `filter` with record ids in `from..to`.
 #[derive(Debug, Clone)]
