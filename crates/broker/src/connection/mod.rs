@@ -470,6 +470,7 @@ where
             () = claim.takeover.cancelled() => Close::TakenOver,
             () = hub.cut_off.cancelled() => Close::ShutDown,
         };
+        writer.closing(&conn, &mut outbox_rx);
         (close, writer.catch_up_progress())
     };
     match &close {

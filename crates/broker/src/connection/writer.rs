@@ -292,11 +292,36 @@ impl Writer<'_> {
             encode(Packet::Publish(publish, None), &mut self.buf)?;
             conn.hub.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
         }
-        if !(catch_up.all_sent() && self.window.all_acked()) {
-            return Ok(());
+        self.finish_catch_up(conn);
+        Ok(())
+    }
+
+    /// The connection is over: takes the client's last acknowledgements, which the reader
+    /// queued before it ended, so that a catch-up they completed counts as done.
+    pub(super) fn closing(&mut self, conn: &Conn<'_>, outbox: &mut mpsc::Receiver<Outbound>) {
+        while let Ok(outbound) = outbox.try_recv() {
+            if let Outbound::Acked(pkids) = outbound {
+                if let Some(catch_up) = self.catch_up.as_mut() {
+                    catch_up.acked(&pkids);
+                }
+                self.window.acked(&pkids);
+            }
+        }
+        self.finish_catch_up(conn);
+    }
+
+    /// Once the client has acknowledged everything a catch-up sent, and it has sent all:
+    /// flow control forgets what the session was owed, and the router's forwards may go.
+    fn finish_catch_up(&mut self, conn: &Conn<'_>) {
+        let done = self
+            .catch_up
+            .as_ref()
+            .is_some_and(|c| c.all_sent() && self.window.all_acked());
+        if !done {
+            return;
         }
         let Some(catch_up) = self.catch_up.take() else {
-            return Ok(());
+            return;
         };
         let owed = catch_up.owed().to_vec();
         let (sent, took) = catch_up.finish();
@@ -326,7 +351,6 @@ impl Writer<'_> {
         }
         self.window.resume();
         conn.catching_up.store(false, Ordering::Release);
-        Ok(())
     }
 
     /// Sends the held forwards there is room for, and acknowledges to the router what went
