@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::hardening::{connect_with, packet, publish, subscribe, Raw, WAIT};
-use support::{num, publish_all, Broker, Proc, Publisher, Resumable, Subscriber};
+use support::mqtt::{Client, Options};
+use support::{num, publish_all, publish_ok, Broker, Proc, Publisher, Resumable, Subscriber};
 
 /// A broker on `listen` keeping its log in `dir`, with `extra` flags.
 fn broker(listen: &str, dir: &Path, extra: &[&str]) -> Broker {
@@ -176,6 +177,41 @@ fn a_persistent_subscriber_away_for_a_million_readings_gets_them_all_from_disk()
     assert!(
         away <= 64 && peak <= 64,
         "peak RSS {away} MiB while away, {peak} MiB in all"
+    );
+}
+
+#[test]
+fn a_clean_session_taking_a_persistent_ones_id_is_owed_nothing_and_holds_no_one() {
+    const N: u64 = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker("127.0.0.1:0", &dir.path().join("data"), &[]);
+    // A persistent session goes away while N readings roll its place out of the router's
+    // log (4 x 256 KiB hold about 12,000).
+    let (mut away, _) = Client::connect(b.addr(), &Options::new("twice").persistent());
+    assert_eq!(away.subscribe(&[("sensors/#", 1)]), [1]);
+    away.disconnect();
+    publish_all(b.port, N, Duration::from_secs(60));
+    // The same id as a clean session ends that session: it reads from now on, and nothing
+    // of the old one holds publishers back or is owed to it.
+    let (mut clean, present) = Client::connect(b.addr(), &Options::new("twice"));
+    assert!(!present, "a clean session starts afresh");
+    assert_eq!(clean.subscribe(&[("sensors/#", 1)]), [1]);
+    let port = b.port;
+    let publisher = std::thread::spawn(move || {
+        let count = N.to_string();
+        let args = ["--count", count.as_str(), "--ack-timeout", "5"];
+        publish_ok(port, &args, Duration::from_secs(60)).0
+    });
+    let mut got = 0;
+    clean.messages_until(Duration::from_secs(60), |_| {
+        got += 1;
+        got == N
+    });
+    let published = publisher.join().unwrap();
+    assert_eq!(num(&published, "acked"), N, "{published}");
+    assert!(
+        clean.next_message(Duration::from_millis(500)).is_none(),
+        "only the readings published after it subscribed"
     );
 }
 
