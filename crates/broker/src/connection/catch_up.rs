@@ -21,7 +21,8 @@ use crate::storage::{Replay, Stored, Wanted};
 #[derive(Debug, Clone)]
 pub(crate) struct Owed {
     pub filter: String,
-    /// The QoS it goes out at: the subscription's (as the router delivers), at most 1.
+    /// The subscription's QoS, at most 1; each record goes out at the lower of this and its
+    /// own.
     pub qos: u8,
     /// Record ids `from..to`.
     pub from: u64,
@@ -36,6 +37,8 @@ pub(super) struct CatchUp {
     owed: Vec<Owed>,
     /// The records read back; `None` once the reading thread has sent them all.
     source: Option<Replay>,
+    /// Why reading back stopped short, if it did.
+    failed: Option<String>,
     /// Read back, not sent yet: each with the index of the subscription it is owed to.
     pending: VecDeque<(Stored, usize)>,
     /// Sent, per filter.
@@ -64,6 +67,7 @@ impl CatchUp {
             source: Some(storage.read_back(wanted)),
             acked_below: owed.iter().map(|o| o.from).collect(),
             owed,
+            failed: None,
             pending: VecDeque::new(),
             sent: HashMap::new(),
             unacked: VecDeque::new(),
@@ -82,7 +86,7 @@ impl CatchUp {
     }
 
     /// The next batch read back, or `None` once all is read (then [`CatchUp::take`] says so).
-    pub(super) async fn next_batch(&mut self) -> Option<Vec<Stored>> {
+    pub(super) async fn next_batch(&mut self) -> Option<Result<Vec<Stored>, String>> {
         match self.source.as_mut() {
             Some(source) => source.recv().await,
             None => std::future::pending().await,
@@ -91,10 +95,18 @@ impl CatchUp {
 
     /// Takes a batch read back (`None`: the reading is done): each record once per owed
     /// subscription it belongs to, at that subscription's QoS.
-    pub(super) fn take(&mut self, batch: Option<Vec<Stored>>) {
-        let Some(batch) = batch else {
-            self.source = None;
-            return;
+    pub(super) fn take(&mut self, batch: Option<Result<Vec<Stored>, String>>) {
+        let batch = match batch {
+            Some(Ok(batch)) => batch,
+            Some(Err(why)) => {
+                self.failed = Some(why);
+                self.source = None;
+                return;
+            }
+            None => {
+                self.source = None;
+                return;
+            }
         };
         for stored in batch {
             let Ok(topic) = std::str::from_utf8(&stored.topic) else {
@@ -104,6 +116,7 @@ impl CatchUp {
                 if (owed.from..owed.to).contains(&stored.id) && matches(topic, &owed.filter) {
                     let copy = Stored {
                         id: stored.id,
+                        qos: stored.qos,
                         topic: stored.topic.clone(),
                         payload: stored.payload.clone(),
                     };
@@ -118,7 +131,9 @@ impl CatchUp {
         let (stored, i) = self.pending.pop_front()?;
         let owed = &self.owed[i];
         *self.sent.entry(owed.filter.clone()).or_default() += 1;
-        Some((stored, owed.qos, i))
+        // MQTT's rule: the lower of the publish's QoS and the subscription's.
+        let qos = stored.qos.min(owed.qos);
+        Some((stored, qos, i))
     }
 
     /// Record `id`, owed to subscription `owed`, went out under packet id `pkid` (or was
@@ -157,7 +172,12 @@ impl CatchUp {
 
     /// Everything is read back and sent.
     pub(super) fn all_sent(&self) -> bool {
-        self.source.is_none() && self.pending.is_empty()
+        self.source.is_none() && self.pending.is_empty() && self.failed.is_none()
+    }
+
+    /// Why the log could not be read back, if it could not.
+    pub(super) fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     /// Records sent per filter, and the time it took.

@@ -76,6 +76,8 @@ pub(crate) enum Close {
     RouterClosed,
     /// The router is gone altogether.
     RouterGone,
+    /// What a returning session missed could not be read back from the log.
+    BacklogUnreadable,
     /// The broker's shutdown grace period ended.
     ShutDown,
     ReaderGone,
@@ -104,6 +106,7 @@ impl std::fmt::Display for Close {
             Close::TakenOver => f.write_str("session taken over by a new connection"),
             Close::RouterClosed => f.write_str("the router closed the client's link"),
             Close::RouterGone => f.write_str("the router has stopped"),
+            Close::BacklogUnreadable => f.write_str("its backlog could not be read from disk"),
             Close::ShutDown => f.write_str("the broker is shutting down"),
             Close::ReaderGone | Close::WriterGone => f.write_str("connection ended"),
         }
@@ -429,7 +432,9 @@ where
             }
         }
     }
-    let catch_up = match &hub.storage {
+    // `hold_forwards`: the connection ends at once (taken over, shut down, the log failed)
+    // and the session stays owed; nothing the router holds may go out before that.
+    let (catch_up, hold_forwards) = match &hub.storage {
         Some(storage) if !owed.is_empty() => {
             // What is read back must be on disk first.
             let to = owed.iter().map(|o| o.to).max().unwrap_or(0);
@@ -438,15 +443,14 @@ where
             tokio::select! {
                 _ = committed.wait_for(|&c| c >= to) => {
                     conn.catching_up.store(true, Ordering::Release);
-                    Some(catch_up::CatchUp::start(storage, owed))
+                    (Some(catch_up::CatchUp::start(storage, owed)), false)
                 }
-                // The connection ends at once; the session stays owed.
-                () = claim.takeover.cancelled() => None,
-                () = hub.cut_off.cancelled() => None,
-                () = failed.cancelled() => None,
+                () = claim.takeover.cancelled() => (None, true),
+                () = hub.cut_off.cancelled() => (None, true),
+                () = failed.cancelled() => (None, true),
             }
         }
-        _ => None,
+        _ => (None, false),
     };
     let mut delivery = match saved {
         Some(saved) => Delivery::restore(saved),
@@ -461,7 +465,8 @@ where
     let (read_half, write_half) = tokio::io::split(stream);
     let (close, caught_up_to) = {
         let committed = hub.storage.as_ref().map(|s| s.watch_committed());
-        let mut writer = writer::Writer::new(&mut delivery, window, committed, catch_up);
+        let mut writer =
+            writer::Writer::new(&mut delivery, window, committed, catch_up, hold_forwards);
         let reader = reader::run(&conn, read_half, accepted.rest, &outbox_tx, subscribed);
         let writer_run = writer::run(&conn, write_half, &mut link.rx, &mut outbox_rx, &mut writer);
         let close = tokio::select! {
@@ -473,6 +478,26 @@ where
         writer.closing(&conn, &mut outbox_rx);
         (close, writer.catch_up_progress())
     };
+    // SUBSCRIBEs the router applied but has not answered yet (it holds SUBACKs while a
+    // session catches up): their logs exist, and they leave like the others.
+    let unanswered: Vec<(String, Option<u64>)> = conn
+        .lock_expected()
+        .drain()
+        .filter_map(|(_, pending)| match pending {
+            PendingAck::Subscribe { filters, .. } => Some(filters),
+            PendingAck::Unsubscribe { .. } => None,
+        })
+        .flatten()
+        .map(|(filter, _, start)| (filter, start))
+        .collect();
+    if !unanswered.is_empty() {
+        let mut flow = hub.lock_flow();
+        for (filter, start) in unanswered {
+            let (_, log) = ReaderKey::of(&router_id, &filter);
+            flow.created(&log);
+            delivery.subscribed(&filter, start);
+        }
+    }
     match &close {
         Close::Disconnected | Close::SocketClosed | Close::ShutDown => {
             debug!(client_id = conn.client_id, %peer, "{close}");

@@ -52,8 +52,9 @@ impl<'a> Writer<'a> {
         mut window: Window,
         committed: Option<watch::Receiver<u64>>,
         catch_up: Option<CatchUp>,
+        hold_forwards: bool,
     ) -> Writer<'a> {
-        if catch_up.is_some() {
+        if catch_up.is_some() || hold_forwards {
             window.pause();
         }
         Writer {
@@ -96,7 +97,9 @@ async fn log_committed(committed: &mut Option<watch::Receiver<u64>>) {
 }
 
 /// The next batch a catch-up has read back (never without one).
-async fn read_back(catch_up: &mut Option<CatchUp>) -> Option<Vec<crate::storage::Stored>> {
+async fn read_back(
+    catch_up: &mut Option<CatchUp>,
+) -> Option<Result<Vec<crate::storage::Stored>, String>> {
     match catch_up {
         Some(catch_up) => catch_up.next_batch().await,
         None => std::future::pending().await,
@@ -277,6 +280,16 @@ impl Writer<'_> {
         let Some(catch_up) = self.catch_up.as_mut() else {
             return Ok(());
         };
+        if let Some(why) = catch_up.failed() {
+            // The session stays owed what it has not acknowledged; it gets it when it comes
+            // back, if the log can be read then.
+            error!(
+                client_id = conn.client_id,
+                "cannot read back what client {:?} missed from the log: {why}; disconnecting it",
+                conn.client_id
+            );
+            return Err(Close::BacklogUnreadable);
+        }
         while self.window.has_room_for_own() {
             let Some((stored, qos, owed)) = catch_up.next() else {
                 break;

@@ -291,10 +291,7 @@ impl Storage {
         let from = wanted.iter().map(|w| w.from).min().unwrap_or(u64::MAX);
         let segments = match wal::list_segments(&self.dir.join("wal")) {
             Ok(segments) => segments,
-            Err(e) => {
-                tracing::error!("cannot read back a session's backlog: {e}");
-                Vec::new()
-            }
+            Err(e) => return recover::unreadable(e.to_string()),
         };
         // A segment holds the ids from its name up to the next one's.
         let mut paths = Vec::with_capacity(segments.len());

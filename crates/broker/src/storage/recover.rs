@@ -300,12 +300,22 @@ fn repair_segment(
 #[derive(Debug)]
 pub(crate) struct Stored {
     pub id: u64,
+    /// The QoS it was published at.
+    pub qos: u8,
     pub topic: Bytes,
     pub payload: Bytes,
 }
 
-/// What a thread reading publishes back sends, in record order.
-pub(crate) type Replay = mpsc::Receiver<Vec<Stored>>;
+/// What a thread reading publishes back sends, in record order: batches, or why it could
+/// not read on (then nothing more comes).
+pub(crate) type Replay = mpsc::Receiver<Result<Vec<Stored>, String>>;
+
+/// A [`Replay`] that only says why nothing can be read back.
+pub(crate) fn unreadable(why: String) -> Replay {
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(Err(why));
+    rx
+}
 
 /// The publishes to `filter` with record ids in `from..to`.
 #[derive(Debug, Clone)]
@@ -319,9 +329,11 @@ pub(crate) struct Wanted {
 /// one of `wanted` asks for, in batches, in record order.
 pub(crate) fn read_publishes(name: &str, segments: Vec<PathBuf>, wanted: Vec<Wanted>) -> Replay {
     let (tx, rx) = mpsc::channel(4);
+    let thread_tx = tx.clone();
     let spawned = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
+            let tx = thread_tx;
             if wanted.is_empty() {
                 return;
             }
@@ -330,17 +342,20 @@ pub(crate) fn read_publishes(name: &str, segments: Vec<PathBuf>, wanted: Vec<Wan
                 match replay_segment(&path, &wanted, &mut batch, &tx) {
                     Ok(true) => {}
                     Ok(false) => break,
+                    // Deleted since it was listed: beyond `max_bytes` (said when deleted).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        error!(file = %path.display(), "cannot read the rest of a log segment: {e}");
+                        let _ = tx.blocking_send(Err(format!("{}: {e}", path.display())));
+                        return;
                     }
                 }
             }
             if !batch.is_empty() {
-                let _ = tx.blocking_send(batch);
+                let _ = tx.blocking_send(Ok(batch));
             }
         });
     if let Err(e) = spawned {
-        error!("cannot start a thread to read the log: {e}; nothing stored is read back");
+        let _ = tx.try_send(Err(format!("cannot start a thread to read the log: {e}")));
     }
     rx
 }
@@ -350,7 +365,7 @@ fn replay_segment(
     path: &Path,
     wanted: &[Wanted],
     batch: &mut Vec<Stored>,
-    tx: &mpsc::Sender<Vec<Stored>>,
+    tx: &mpsc::Sender<Result<Vec<Stored>, String>>,
 ) -> std::io::Result<bool> {
     let from = wanted.iter().map(|w| w.from).min().unwrap_or(u64::MAX);
     let to = wanted.iter().map(|w| w.to).max().unwrap_or(0);
@@ -374,6 +389,7 @@ fn replay_segment(
         let Some((
             id,
             Entry::Publish {
+                qos,
                 topic,
                 payload,
                 routed: true,
@@ -403,12 +419,13 @@ fn replay_segment(
         let topic_at = whole.len() - payload.len() - topic.len();
         batch.push(Stored {
             id,
+            qos,
             topic: whole.slice(topic_at..topic_at + topic.len()),
             payload: whole.slice(whole.len() - payload.len()..),
         });
         if batch.len() >= 1024 {
             let full = std::mem::replace(batch, Vec::with_capacity(1024));
-            if tx.blocking_send(full).is_err() {
+            if tx.blocking_send(Ok(full)).is_err() {
                 return Ok(false);
             }
         }
