@@ -128,6 +128,29 @@ struct Log {
 }
 
 impl Log {
+    /// The first offset the router still holds: the start of its oldest segment.
+    fn oldest(&self) -> u64 {
+        self.segments
+            .front()
+            .map_or(self.appended, |&(start, _)| start)
+    }
+
+    /// Where the router resumes a reader that stands at `position`: there, or at the
+    /// oldest segment if its place has rolled out.
+    fn resumes_at(&self, position: u64) -> u64 {
+        position.max(self.oldest())
+    }
+
+    /// The record id of the message at `offset`; `end` at the end of the log; `None` when
+    /// that offset is no longer mapped.
+    fn record_at(&self, offset: u64, end: u64) -> Option<u64> {
+        if offset >= self.appended {
+            return Some(end);
+        }
+        let index = offset.checked_sub(self.ids_base)?;
+        self.ids.get(usize::try_from(index).ok()?).copied()
+    }
+
     /// `reader` is online in this log (once more): at `position` if given, else where it
     /// already stood, or for a new reader at the end of the log.
     fn join(&mut self, reader: ReaderKey, position: Option<u64>) {
@@ -323,9 +346,8 @@ impl Flow {
     /// A persistent session that came back (and is online in `filter` again), if it is owed
     /// records from disk: those the router will not deliver, `from..to` by id (empty if it
     /// acknowledged them all on an earlier connection), and the offset at which the router
-    /// resumes it. `next_record` is
-    /// the id the next record gets. Call under the same lock as [`Flow::online`]. Forgets
-    /// what it owes when nothing is missing, or when it cannot tell what is.
+    /// resumes it. `next_record` is the id the next record gets. Forgets what it owes when it
+    /// cannot tell where the router takes over.
     pub(crate) fn backlog(
         &mut self,
         reader: &ReaderKey,
@@ -336,21 +358,9 @@ impl Flow {
         let log = &self.logs[id];
         let entry = log.readers.get(reader)?;
         let from = entry.owed_from?;
-        // The router resumes the reader at its place, or at the start of its oldest segment
-        // if its place has rolled out (and holds publishers meanwhile: it is online again).
-        let oldest = log
-            .segments
-            .front()
-            .map_or(log.appended, |&(start, _)| start);
-        let resumes_at = entry.position.max(oldest);
-        let to = if resumes_at >= log.appended {
-            Some(next_record)
-        } else {
-            resumes_at
-                .checked_sub(log.ids_base)
-                .and_then(|i| log.ids.get(usize::try_from(i).ok()?).copied())
-        };
-        match to {
+        // Online again, it holds publishers, so the log rolls no further past it meanwhile.
+        let resumes_at = log.resumes_at(entry.position);
+        match log.record_at(resumes_at, next_record) {
             Some(to) => Some((from, to, resumes_at)),
             // It cannot be told (its place is no longer mapped): what the router skips is
             // counted as lost.
@@ -617,10 +627,7 @@ impl Flow {
         if log.ids.len() & 4095 != 0 {
             return;
         }
-        let oldest_kept = log
-            .segments
-            .front()
-            .map_or(log.appended, |&(start, _)| start);
+        let oldest_kept = log.oldest();
         let slowest = log
             .readers
             .values()
@@ -639,18 +646,7 @@ impl Flow {
         let &id = self.by_filter.get(filter)?;
         let log = &self.logs[id];
         let entry = log.readers.get(reader)?;
-        // Behind the oldest segment, the router resumes it at that segment.
-        let oldest = log
-            .segments
-            .front()
-            .map_or(log.appended, |&(start, _)| start);
-        let at = entry.position.max(oldest);
-        let in_log = if at >= log.appended {
-            Some(u64::MAX)
-        } else {
-            at.checked_sub(log.ids_base)
-                .and_then(|i| log.ids.get(usize::try_from(i).ok()?).copied())
-        };
+        let in_log = log.record_at(log.resumes_at(entry.position), u64::MAX);
         match (entry.owed_from, in_log) {
             (Some(owed), Some(at)) => Some(owed.min(at)),
             (owed, at) => owed.or(at),
