@@ -338,13 +338,9 @@ where
         if let Some(storage) = &hub.storage {
             storage.forget(&router_id);
         }
+        // The persistent session this clean one ends: its readers go.
         if let Some(replaced) = hub.sessions.take_saved(&router_id) {
-            // The persistent session this clean one ends: its readers go.
-            let mut flow = hub.lock_flow();
-            for (filter, _) in replaced.positions() {
-                let (reader, log) = ReaderKey::of(&router_id, filter);
-                flow.unsubscribe(&reader, &log);
-            }
+            forget_readers(hub, &router_id, &replaced);
         }
     }
     let saved = if connack.session_present {
@@ -352,11 +348,7 @@ where
     } else {
         // The router has no session to resume: its readers start afresh.
         if let Some(saved) = returning {
-            let mut flow = hub.lock_flow();
-            for (filter, _) in saved.positions() {
-                let (reader, log) = ReaderKey::of(&router_id, filter);
-                flow.unsubscribe(&reader, &log);
-            }
+            forget_readers(hub, &router_id, &saved);
         }
         None
     };
@@ -543,6 +535,15 @@ where
                 hub.stats.denied_publish.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// A persistent session that is no more: its readers leave flow control for good.
+fn forget_readers(hub: &Hub, router_id: &str, saved: &crate::delivery::Saved) {
+    let mut flow = hub.lock_flow();
+    for (filter, _) in saved.positions() {
+        let (reader, log) = ReaderKey::of(router_id, filter);
+        flow.unsubscribe(&reader, &log);
     }
 }
 

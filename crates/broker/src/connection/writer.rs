@@ -257,14 +257,17 @@ impl Writer<'_> {
             }
             Outbound::Bytes(bytes) => self.uncommitted.push_back((0, bytes)),
             Outbound::Committed(after, bytes) => self.uncommitted.push_back((after, bytes)),
-            Outbound::Acked(pkids) => {
-                if let Some(catch_up) = self.catch_up.as_mut() {
-                    catch_up.acked(&pkids);
-                }
-                self.window.acked(&pkids);
-            }
+            Outbound::Acked(pkids) => self.acked(&pkids),
         }
         Ok(())
+    }
+
+    /// The client acknowledged these packet ids of ours (a catch-up's among them).
+    fn acked(&mut self, pkids: &[u16]) {
+        if let Some(catch_up) = self.catch_up.as_mut() {
+            catch_up.acked(pkids);
+        }
+        self.window.acked(pkids);
     }
 
     /// A catch-up cut short (the connection ends): how far the client got, per filter.
@@ -314,10 +317,7 @@ impl Writer<'_> {
     pub(super) fn closing(&mut self, conn: &Conn<'_>, outbox: &mut mpsc::Receiver<Outbound>) {
         while let Ok(outbound) = outbox.try_recv() {
             if let Outbound::Acked(pkids) = outbound {
-                if let Some(catch_up) = self.catch_up.as_mut() {
-                    catch_up.acked(&pkids);
-                }
-                self.window.acked(&pkids);
+                self.acked(&pkids);
             }
         }
         self.finish_catch_up(conn);
