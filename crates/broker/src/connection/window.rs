@@ -164,6 +164,11 @@ impl Window {
         self.router_acks.push(router_pkid);
     }
 
+    /// How many router packet ids wait to be acknowledged.
+    pub(super) fn router_acks_pending(&self) -> usize {
+        self.router_acks.len()
+    }
+
     /// Router packet ids to acknowledge now.
     pub(super) fn take_router_acks(&mut self) -> Vec<u16> {
         std::mem::take(&mut self.router_acks)

@@ -32,6 +32,13 @@ use crate::retained::Retained;
 /// Notifications taken from the router's link per write, at most.
 const MAX_BATCH: usize = 1024;
 
+/// The router's acknowledgements for forwards sent under our window go in batches of this
+/// many (half the router's window of 100, so it never fills) or after `ROUTER_ACK_DELAY`.
+/// Each batch wakes the router thread, which at a paced rate would otherwise run beside
+/// the subscriber it just sent to, and on two cores make it wait for one.
+const ROUTER_ACK_BATCH: usize = 50;
+const ROUTER_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// What the writer keeps between batches.
 pub(super) struct Writer<'a> {
     pub delivery: &'a mut Delivery,
@@ -44,6 +51,8 @@ pub(super) struct Writer<'a> {
     uncommitted: VecDeque<(u64, Bytes)>,
     /// What a returning persistent session is sent from disk before the router's forwards.
     catch_up: Option<CatchUp>,
+    /// When the router's acknowledgements held back must go, if any are.
+    router_acks_due: Option<tokio::time::Instant>,
 }
 
 impl<'a> Writer<'a> {
@@ -64,6 +73,7 @@ impl<'a> Writer<'a> {
             committed,
             uncommitted: VecDeque::new(),
             catch_up,
+            router_acks_due: None,
         }
     }
 
@@ -81,6 +91,14 @@ impl<'a> Writer<'a> {
                 self.buf.extend_from_slice(&bytes);
             }
         }
+    }
+}
+
+/// Resolves when the router's acknowledgements held back are due (never without any).
+async fn router_acks_due_at(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -117,7 +135,9 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
     loop {
         let mut unscheduled = false;
         let mut ended = None;
+        let mut router_acks_due = false;
         tokio::select! {
+            () = router_acks_due_at(writer.router_acks_due) => router_acks_due = true,
             notification = link.next() => {
                 match notification {
                     Ok(notification) => {
@@ -174,7 +194,9 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
         if let Err(close) = writer.release(conn) {
             ended.get_or_insert(close);
         }
-        writer.tell_flow(conn);
+        // The client first: the router's acknowledgements and flow control's bookkeeping
+        // wait until the batch is on its way (each wake of the router thread costs
+        // microseconds that would otherwise come before the client's copy).
         if !writer.buf.is_empty() {
             if let Err(e) = socket.write_all(&writer.buf).await {
                 return Close::SocketError(e.kind());
@@ -185,6 +207,10 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
                 .fetch_add(writer.buf.len() as u64, Ordering::Relaxed);
             writer.buf.clear();
         }
+        if let Err(close) = writer.acknowledge_router(conn, ended.is_some() || router_acks_due) {
+            ended.get_or_insert(close);
+        }
+        writer.tell_flow(conn);
         if let Some(close) = ended {
             return close;
         }
@@ -366,12 +392,28 @@ impl Writer<'_> {
         conn.catching_up.store(false, Ordering::Release);
     }
 
-    /// Sends the held forwards there is room for, and acknowledges to the router what went
-    /// out under our window.
+    /// Encodes the held forwards there is room for.
     fn release(&mut self, conn: &Conn<'_>) -> Result<(), Close> {
         while let Some((forward, mode)) = self.window.release() {
             self.send(conn, forward, mode)?;
         }
+        Ok(())
+    }
+
+    /// Acknowledges to the router what went out under our window, in batches (see
+    /// `ROUTER_ACK_BATCH`); `all` sends what is pending whatever its number.
+    fn acknowledge_router(&mut self, conn: &Conn<'_>, all: bool) -> Result<(), Close> {
+        let pending = self.window.router_acks_pending();
+        if pending == 0 {
+            self.router_acks_due = None;
+            return Ok(());
+        }
+        if !all && pending < ROUTER_ACK_BATCH {
+            self.router_acks_due
+                .get_or_insert_with(|| tokio::time::Instant::now() + ROUTER_ACK_DELAY);
+            return Ok(());
+        }
+        self.router_acks_due = None;
         let acks = self.window.take_router_acks();
         conn.to_router(acks.into_iter().map(|pkid| {
             Packet::PubAck(
