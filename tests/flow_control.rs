@@ -247,6 +247,59 @@ fn a_subscriber_killed_for_3_s_holds_the_publisher_and_resumes_complete() {
     );
 }
 
+#[test]
+fn an_unsubscribe_left_unanswered_when_the_connection_drops_still_ends_the_subscription() {
+    // A persistent session stops acknowledging: with the router's 100 messages in flight,
+    // the router holds its answers too, so the UNSUBACK has not come when the connection
+    // drops. The router did remove the subscription; so must flow control, or the session,
+    // back online and subscribed to nothing, would hold every publisher to that filter once
+    // its log fills (two segments of about 230 messages here).
+    let broker =
+        Broker::start_with_config("[router]\nmax_segment_size = 16384\nmax_segment_count = 2\n");
+    let addr = broker.addr();
+    let quitter = Options::new("quitter").persistent();
+    let (mut client, _) = Client::connect(addr, &quitter);
+    client.acknowledge = false;
+    assert_eq!(client.subscribe(&[("gone/#", 1)]), [1]);
+    let (mut feeder, _) = Client::connect(addr, &Options::new("feeder"));
+    let payload = [7u8; 60];
+    for _ in 0..150 {
+        feeder.publish("gone/x", &payload, 1, false);
+    }
+    for received in 0..100 {
+        assert!(
+            client.next_message(WAIT).is_some(),
+            "only {received} of the router's window of 100 came"
+        );
+    }
+    let pkid = client.send_unsubscribe(&["gone/#"]);
+    assert!(
+        !client.gets_within(0xB0, pkid, Duration::from_millis(500)),
+        "the premise: the router answers nothing while its window is full"
+    );
+    drop(client);
+
+    let (back, session_present) = Client::connect(addr, &quitter);
+    assert!(session_present);
+    for n in 0..2000 {
+        // Each waits for its PUBACK (at most 10 s): a held publisher fails here.
+        feeder.publish("gone/x", &payload, 1, false);
+        if n % 500 == 0 {
+            eprintln!("published {n} more");
+        }
+    }
+    feeder.disconnect();
+    back.disconnect();
+    let shutdown = stop(broker);
+    assert!(
+        !shutdown
+            .log
+            .contains("flow control holds publishers to gone/#"),
+        "{}",
+        shutdown.log
+    );
+}
+
 /// A persistent session (subscribes with QoS 1, then drops its connection without reading)
 /// that stays away.
 fn leave_a_persistent_session(addr: SocketAddr, id: &str, filter: &str) {

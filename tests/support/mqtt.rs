@@ -161,13 +161,34 @@ impl Client {
 
     /// Unsubscribes and waits for the UNSUBACK.
     pub fn unsubscribe(&mut self, filters: &[&str]) {
+        let pkid = self.send_unsubscribe(filters);
+        self.expect(0xB0, pkid);
+    }
+
+    /// Sends UNSUBSCRIBE without waiting for the answer; returns its packet id.
+    pub fn send_unsubscribe(&mut self, filters: &[&str]) -> u16 {
         let pkid = self.pkid();
         let mut body = pkid.to_be_bytes().to_vec();
         for filter in filters {
             body.extend(field(filter.as_bytes()));
         }
         self.send(&packet(0xA2, &body));
-        self.expect(0xB0, pkid);
+        pkid
+    }
+
+    /// Whether packet `first` with packet id `pkid` comes within `limit`, keeping messages
+    /// that come first.
+    pub fn gets_within(&mut self, first: u8, pkid: u16, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while let Some((got, body)) = self.read_packet(deadline) {
+            if got == first && body.get(..2) == Some(&pkid.to_be_bytes()[..]) {
+                return true;
+            }
+            if let Some(message) = self.handle(got, &body) {
+                self.inbox.push_back(message);
+            }
+        }
+        false
     }
 
     /// Publishes and completes the QoS handshake (PUBACK, or PUBREC/PUBREL/PUBCOMP).

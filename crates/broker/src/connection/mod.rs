@@ -14,7 +14,7 @@ mod window;
 mod withheld;
 mod writer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -165,7 +165,9 @@ pub(crate) struct Conn<'h> {
     /// QoS 1/2 forwards the client has acknowledged (PUBACK, PUBREC), counted by the reader.
     acked: AtomicU64,
     barrier: Barrier,
-    expected: Mutex<HashMap<u16, PendingAck>>,
+    /// SUBSCRIBE/UNSUBSCRIBE packets sent to the router and not yet answered, in the order
+    /// they went (a few at most).
+    expected: Mutex<Vec<(u16, PendingAck)>>,
     /// Wakes the reader when publishes it holds may go (a SUBSCRIBE answered, flow control
     /// released).
     wake: Arc<Notify>,
@@ -245,14 +247,16 @@ impl Conn<'_> {
     }
 
     fn expect(&self, pkid: u16, pending: PendingAck) {
-        self.lock_expected().insert(pkid, pending);
+        self.lock_expected().push((pkid, pending));
     }
 
     fn take_expected(&self, pkid: u16) -> Option<PendingAck> {
-        self.lock_expected().remove(&pkid)
+        let mut expected = self.lock_expected();
+        let at = expected.iter().position(|(p, _)| *p == pkid)?;
+        Some(expected.remove(at).1)
     }
 
-    fn lock_expected(&self) -> std::sync::MutexGuard<'_, HashMap<u16, PendingAck>> {
+    fn lock_expected(&self) -> std::sync::MutexGuard<'_, Vec<(u16, PendingAck)>> {
         self.expected.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -384,7 +388,7 @@ where
         keep_alive: accepted.keep_alive,
         acked: AtomicU64::new(0),
         barrier: Barrier::default(),
-        expected: Mutex::new(HashMap::new()),
+        expected: Mutex::new(Vec::new()),
         wake: Arc::new(Notify::new()),
         acl: hub
             .acl
@@ -470,24 +474,29 @@ where
         writer.closing(&conn, &mut outbox_rx);
         (close, writer.catch_up_progress())
     };
-    // SUBSCRIBEs the router applied but has not answered yet (it holds SUBACKs while a
-    // session catches up): their logs exist, and they leave like the others.
-    let unanswered: Vec<(String, Option<u64>)> = conn
-        .lock_expected()
-        .drain()
-        .filter_map(|(_, pending)| match pending {
-            PendingAck::Subscribe { filters, .. } => Some(filters),
-            PendingAck::Unsubscribe { .. } => None,
-        })
-        .flatten()
-        .map(|(filter, _, start)| (filter, start))
-        .collect();
+    // SUBSCRIBEs and UNSUBSCRIBEs the router applied but has not answered yet (it holds its
+    // answers while the session's window is full, or while it catches up): they take
+    // effect here as if answered, in the order they were sent.
+    let unanswered = std::mem::take(&mut *conn.lock_expected());
     if !unanswered.is_empty() {
         let mut flow = hub.lock_flow();
-        for (filter, start) in unanswered {
-            let (_, log) = ReaderKey::of(&router_id, &filter);
-            flow.created(&log);
-            delivery.subscribed(&filter, start);
+        for (_, pending) in unanswered {
+            match pending {
+                PendingAck::Subscribe { filters, .. } => {
+                    for (filter, _, start) in filters {
+                        let (_, log) = ReaderKey::of(&router_id, &filter);
+                        flow.created(&log);
+                        delivery.subscribed(&filter, start);
+                    }
+                }
+                PendingAck::Unsubscribe { filters, .. } => {
+                    for filter in filters {
+                        let (reader, log) = ReaderKey::of(&router_id, &filter);
+                        flow.unsubscribe(&reader, &log);
+                        delivery.unsubscribed(&filter);
+                    }
+                }
+            }
         }
     }
     match &close {

@@ -577,19 +577,21 @@ impl Writer<'_> {
 
     /// True when this UNSUBACK is the last the router sends for its UNSUBSCRIBE.
     fn complete_unsuback(&mut self, conn: &Conn<'_>, pkid: u16) -> bool {
-        let Some(PendingAck::Unsubscribe { filters, remaining }) = conn.take_expected(pkid) else {
+        {
+            // Not the last: counted in place, so the UNSUBSCRIBE keeps its place in the order.
+            let mut expected = conn.lock_expected();
+            if let Some((_, PendingAck::Unsubscribe { remaining, .. })) =
+                expected.iter_mut().find(|(p, _)| *p == pkid)
+            {
+                if *remaining > 1 {
+                    *remaining -= 1;
+                    return false;
+                }
+            }
+        }
+        let Some(PendingAck::Unsubscribe { filters, .. }) = conn.take_expected(pkid) else {
             return true;
         };
-        if remaining > 1 {
-            conn.expect(
-                pkid,
-                PendingAck::Unsubscribe {
-                    filters,
-                    remaining: remaining - 1,
-                },
-            );
-            return false;
-        }
         let mut flow = conn.hub.lock_flow();
         for filter in &filters {
             self.delivery.unsubscribed(filter);
