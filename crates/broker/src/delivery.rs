@@ -33,6 +33,11 @@ struct Sub {
     /// The client got the messages below this offset from disk (see `connection::catch_up`):
     /// the next forward may jump to it without loss.
     covered_until: Option<u64>,
+    /// It takes messages directly (see `direct`), at this QoS.
+    direct_qos: Option<u8>,
+    /// The client got the messages below this offset directly: the router's copies of them
+    /// are not sent again.
+    direct_until: u64,
 }
 
 impl Sub {
@@ -115,6 +120,8 @@ impl Delivery {
             ambiguous: false,
             ambiguity_told: false,
             covered_until: None,
+            direct_qos: None,
+            direct_until: 0,
         });
         self.next_id = self.next_id.wrapping_add(1);
     }
@@ -178,6 +185,63 @@ impl Delivery {
             self.inflight.push_back((id, offset));
         }
         skipped
+    }
+
+    /// `filter`, granted at `qos`, takes messages directly from now on (never a shared one).
+    pub(crate) fn take_direct(&mut self, filter: &str, qos: u8) {
+        if let Some(sub) = self
+            .subs
+            .iter_mut()
+            .find(|s| s.filter == filter && !s.shared)
+        {
+            sub.direct_qos = Some(qos);
+        }
+    }
+
+    /// The QoS at which a message on `topic` at `offset` may go to the client directly: one
+    /// filter of the client's matches it, takes messages directly, and expects that offset
+    /// next.
+    pub(crate) fn direct_qos(&self, topic: &[u8], offset: u64) -> Option<u8> {
+        let sub = &self.subs[self.sole_match(topic)?];
+        if sub.next != Some(offset) || sub.covered_until.is_some() {
+            return None;
+        }
+        sub.direct_qos
+    }
+
+    /// A message on `topic` at `offset` went to the client directly (after
+    /// [`Delivery::direct_qos`] said it may).
+    pub(crate) fn sent_directly(&mut self, topic: &[u8], offset: u64) {
+        self.forwarded(topic, Some(offset), false);
+        if let Some(i) = self.sole_match(topic) {
+            self.subs[i].direct_until = offset + 1;
+        }
+    }
+
+    /// Whether the router's forward on `topic` at `offset` went to the client directly.
+    pub(crate) fn went_directly(&self, topic: &[u8], offset: Option<u64>) -> bool {
+        match (self.sole_match(topic), offset) {
+            (Some(i), Some(offset)) => offset < self.subs[i].direct_until,
+            _ => false,
+        }
+    }
+
+    /// The one subscription a message on `topic` is attributed to (none if two match, or a
+    /// share group's).
+    fn sole_match(&self, topic: &[u8]) -> Option<usize> {
+        let topic = std::str::from_utf8(topic).ok()?;
+        let mut found = None;
+        for (i, sub) in self.subs.iter().enumerate() {
+            if matches(topic, sub.inner_filter()) {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(i);
+            }
+        }
+        let i = found?;
+        let sub = &self.subs[i];
+        (!sub.shared && !sub.ambiguous).then_some(i)
     }
 
     /// The client got the messages of `filter`'s log below offset `until` from elsewhere
@@ -301,6 +365,44 @@ mod tests {
             })
         );
         assert_eq!(d.forwarded(b"sensors/data", Some(26), true), None);
+    }
+
+    #[test]
+    fn a_direct_message_goes_only_at_the_offset_expected_next_and_its_router_copy_is_known() {
+        let mut d = Delivery::new(false);
+        d.subscribed("s/#", Some(10));
+        // Not before the filter takes direct messages.
+        assert_eq!(d.direct_qos(b"s/1", 10), None);
+        d.take_direct("s/#", 1);
+        assert_eq!(d.direct_qos(b"s/1", 11), None, "not the next offset");
+        assert_eq!(d.direct_qos(b"x/1", 10), None, "not its topic");
+        assert_eq!(d.direct_qos(b"s/1", 10), Some(1));
+        d.sent_directly(b"s/1", 10);
+        // The router's copy is known; the next one is not, and is expected in order.
+        assert!(d.went_directly(b"s/1", Some(10)));
+        assert!(!d.went_directly(b"s/1", Some(11)));
+        assert_eq!(d.direct_qos(b"s/1", 10), None, "sent already");
+        assert_eq!(d.forwarded(b"s/1", Some(11), false), None);
+        // A jump after a direct message is still counted from it.
+        d.sent_directly(b"s/1", 12);
+        assert!(d.went_directly(b"s/1", Some(12)));
+        let skipped = d.forwarded(b"s/1", Some(20), false).map(|s| s.count);
+        assert_eq!(skipped, Some(7));
+        assert_eq!(d.take_moved(), [("s/#".to_owned(), 21)]);
+    }
+
+    #[test]
+    fn two_matching_filters_or_a_share_group_take_nothing_directly() {
+        let mut d = Delivery::new(false);
+        d.subscribed("a/#", Some(0));
+        d.subscribed("a/+", Some(0));
+        d.subscribed("$share/g/b/#", Some(0));
+        for filter in ["a/#", "a/+", "$share/g/b/#"] {
+            d.take_direct(filter, 1);
+        }
+        assert_eq!(d.direct_qos(b"a/x", 0), None);
+        assert_eq!(d.direct_qos(b"b/x", 0), None);
+        assert!(!d.went_directly(b"a/x", Some(0)));
     }
 
     #[test]

@@ -31,6 +31,9 @@ use std::time::{Duration, Instant};
 use rumqttd::protocol::matches;
 use tokio::sync::Notify;
 
+use crate::direct::{Direct, DirectTx};
+use crate::ingest::Message;
+
 /// At most one "holds publishers" log line per log in this time.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
 
@@ -98,6 +101,8 @@ struct Reader {
     /// With storage: the first record id owed to this reader that the router may no longer
     /// hold for it (it went offline there), until its connection has delivered them from disk.
     owed_from: Option<u64>,
+    /// Its connection takes messages directly (see `direct`).
+    direct: Option<DirectTx>,
 }
 
 /// One router log, mirrored.
@@ -161,6 +166,7 @@ impl Log {
             offline_since: None,
             excluded: false,
             owed_from: None,
+            direct: None,
         });
         entry.online += 1;
         entry.offline_since = None;
@@ -263,6 +269,39 @@ impl Flow {
         let end = log.appended;
         log.join(reader, None);
         end
+    }
+
+    /// `reader`'s connection takes messages of `filter`'s log directly through `tx`.
+    pub(crate) fn take_direct(&mut self, reader: &ReaderKey, filter: &str, tx: DirectTx) {
+        let Some(&id) = self.by_filter.get(filter) else {
+            return;
+        };
+        if let Some(entry) = self.logs[id].readers.get_mut(reader) {
+            entry.direct = Some(tx);
+        }
+    }
+
+    /// Sends `message`, about to be appended to `logs`, directly to each reader that takes
+    /// messages so and has read everything before it. Returns whether it sent any.
+    pub(crate) fn send_direct(&self, logs: &[FilterId], message: &Message) -> bool {
+        let mut sent = false;
+        for &id in logs {
+            let log = &self.logs[id];
+            for reader in log.readers.values() {
+                let Some(tx) = &reader.direct else {
+                    continue;
+                };
+                if reader.online > 0 && !reader.excluded && reader.position == log.appended {
+                    let direct = Direct {
+                        offset: log.appended,
+                        message: message.clone(),
+                    };
+                    // A connection that is gone has no use for it.
+                    sent |= tx.send(direct).is_ok();
+                }
+            }
+        }
+        sent
     }
 
     /// The router has answered the SUBSCRIBE for `filter`: its log exists.
@@ -710,6 +749,42 @@ mod tests {
             }
         }
         max
+    }
+
+    #[test]
+    fn a_direct_message_goes_to_each_reader_that_has_read_everything_before_it() {
+        let mut flow = flow(1000, 3);
+        let message = Message {
+            topic: bytes::Bytes::from_static(b"t"),
+            payload: bytes::Bytes::from_static(b"x"),
+        };
+        let (tx, mut caught_up) = crate::direct::channel();
+        let (behind_tx, mut behind) = crate::direct::channel();
+        flow.subscribe(client("caught-up"), "t");
+        flow.subscribe(client("behind"), "t");
+        flow.subscribe(client("no-direct"), "t");
+        flow.take_direct(&client("caught-up"), "t", tx);
+        flow.take_direct(&client("behind"), "t", behind_tx);
+        flow.created("t");
+        let Admission::Append(logs) = flow.admit(b"t") else {
+            panic!("admitted");
+        };
+        assert!(flow.send_direct(&logs, &message));
+        flow.append(&logs, 2, None);
+        assert_eq!(caught_up.try_recv().map(|d| d.offset).ok(), Some(0));
+        assert_eq!(behind.try_recv().map(|d| d.offset).ok(), Some(0));
+        // Only one reader moves past offset 0; only it gets offset 1.
+        flow.advanced(&client("caught-up"), "t", 1);
+        assert!(flow.send_direct(&logs, &message));
+        flow.append(&logs, 2, None);
+        assert_eq!(caught_up.try_recv().map(|d| d.offset).ok(), Some(1));
+        assert!(behind.try_recv().is_err());
+        // An offline reader gets nothing.
+        flow.offline(&client("caught-up"), "t", None);
+        flow.advanced(&client("behind"), "t", 2);
+        assert!(flow.send_direct(&logs, &message));
+        assert!(caught_up.try_recv().is_err());
+        assert_eq!(behind.try_recv().map(|d| d.offset).ok(), Some(2));
     }
 
     #[test]

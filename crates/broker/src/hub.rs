@@ -83,6 +83,8 @@ pub(crate) struct Stats {
     pub bytes_received: AtomicU64,
     /// PUBLISH packets to clients, and bytes written to them.
     pub messages_sent: AtomicU64,
+    /// Of those, sent directly, before the router's copy (see `direct`).
+    pub messages_direct: AtomicU64,
     pub bytes_sent: AtomicU64,
     /// Sockets still in their handshake (TLS or CONNECT).
     pub pending: AtomicUsize,

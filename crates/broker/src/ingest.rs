@@ -28,6 +28,9 @@ pub(crate) struct RouterGone;
 /// The broker's link for publishing into the router.
 pub(crate) struct Ingest {
     tx: Mutex<LinkTx>,
+    /// Messages appended to flow control's mirror, in its order, not yet handed to the
+    /// router (see [`Ingest::queue`]).
+    queued: Mutex<Vec<Message>>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -66,19 +69,39 @@ impl Ingest {
         tokio::spawn(drain(link.rx));
         Ok(Ingest {
             tx: Mutex::new(link.tx),
+            queued: Mutex::new(Vec::new()),
         })
     }
 
-    /// Hands `messages` to the router in order, with one wake-up for the whole batch.
+    /// Hands `messages` to the router in order, with one wake-up for the whole batch (and
+    /// whatever was queued before them).
     pub(crate) fn submit(&self, messages: &mut Vec<Message>) -> Result<(), RouterGone> {
-        let mut packets: Vec<Packet> = messages
-            .drain(..)
+        self.queue(messages);
+        self.flush()
+    }
+
+    /// Queues `messages` for the router. Called with flow control's lock held, so the router
+    /// appends them in the mirror's order whoever flushes them; the caller may flush a
+    /// moment later (after a direct message has gone out, see `direct`).
+    pub(crate) fn queue(&self, messages: &mut Vec<Message>) {
+        self.queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .append(messages);
+    }
+
+    /// Hands everything queued to the router, in order, with one wake-up.
+    pub(crate) fn flush(&self) -> Result<(), RouterGone> {
+        let mut tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        let queued =
+            std::mem::take(&mut *self.queued.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut packets: Vec<Packet> = queued
+            .into_iter()
             .map(|m| Packet::Publish(Publish::new(m.topic, m.payload, false), None))
             .collect();
         let Some(last) = packets.pop() else {
             return Ok(());
         };
-        let mut tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
         tx.buffer().extend(packets);
         // `send` appends its packet and wakes the router. It never waits (rumqttd's channel
         // send inside is a blocking one that returns once queued), so it completes on its

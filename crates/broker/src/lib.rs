@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 mod connection;
 mod delivery;
+mod direct;
 mod error;
 mod flow;
 mod hub;

@@ -63,6 +63,10 @@ fn describe() {
         "PUBLISH packets sent to clients."
     );
     describe_counter!(
+        "mqtt_messages_sent_direct_total",
+        "Of the PUBLISH packets sent, those a caught-up clean-session subscriber got directly, before rumqttd's router forwarded its copy."
+    );
+    describe_counter!(
         "mqtt_bytes_received_total",
         Unit::Bytes,
         "Bytes read from client connections."
@@ -113,6 +117,7 @@ fn update(hub: &Hub) {
     }
     counter!("mqtt_messages_received_total").absolute(load(&s.messages_received));
     counter!("mqtt_messages_sent_total").absolute(load(&s.messages_sent));
+    counter!("mqtt_messages_sent_direct_total").absolute(load(&s.messages_direct));
     counter!("mqtt_bytes_received_total").absolute(load(&s.bytes_received));
     counter!("mqtt_bytes_sent_total").absolute(load(&s.bytes_sent));
     counter!("mqtt_messages_dropped_total", "reason" => "log_rolled_over").absolute(hub.dropped());

@@ -179,6 +179,9 @@ pub(crate) struct Conn<'h> {
     /// holds this client's SUBACKs meanwhile (its window is full), so the reader answers
     /// a SUBSCRIBE that changes nothing itself.
     catching_up: std::sync::atomic::AtomicBool,
+    /// Where messages for this client go directly, past the router (a clean session under
+    /// the broker's window; see `direct`).
+    direct: Option<crate::direct::DirectTx>,
 }
 
 impl Conn<'_> {
@@ -378,6 +381,12 @@ where
         "client connected"
     );
 
+    let (direct_tx, mut direct_rx) = if accepted.clean_session && hub.limits.max_inflight > 0 {
+        let (tx, rx) = crate::direct::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let conn = Conn {
         hub,
         link: Mutex::new(link.tx),
@@ -396,6 +405,7 @@ where
             .map(|acl| acl.for_client(accepted.username.as_deref(), &accepted.client_id)),
         withheld: hub.acl.as_ref().map(|_| Mutex::new(Withheld::default())),
         catching_up: std::sync::atomic::AtomicBool::new(false),
+        direct: direct_tx,
     };
     // What the router no longer holds for a returning session comes from disk first.
     let mut owed = Vec::new();
@@ -464,7 +474,14 @@ where
         let mut writer =
             writer::Writer::new(&mut delivery, window, committed, catch_up, hold_forwards);
         let reader = reader::run(&conn, read_half, accepted.rest, &outbox_tx, subscribed);
-        let writer_run = writer::run(&conn, write_half, &mut link.rx, &mut outbox_rx, &mut writer);
+        let writer_run = writer::run(
+            &conn,
+            write_half,
+            &mut link.rx,
+            &mut outbox_rx,
+            &mut direct_rx,
+            &mut writer,
+        );
         let close = tokio::select! {
             close = reader => close,
             close = writer_run => close,
@@ -472,6 +489,10 @@ where
             () = hub.cut_off.cancelled() => Close::ShutDown,
         };
         writer.closing(&conn, &mut outbox_rx);
+        // What the reader queued for the router before it stopped (see `Ingest::queue`).
+        if hub.ingest.flush().is_err() {
+            hub.router_gone.cancel();
+        }
         (close, writer.catch_up_progress())
     };
     // SUBSCRIBEs and UNSUBSCRIBEs the router applied but has not answered yet (it holds its

@@ -72,6 +72,8 @@ struct Reader<'c, 'h> {
     to_router: Vec<Packet>,
     /// Messages for the ingest link, this batch.
     to_ingest: Vec<Message>,
+    /// A message of this batch went to a subscriber directly (see `direct`).
+    sent_direct: bool,
     /// Encoded packets of ours for the client (acknowledgements), this batch.
     replies: BytesMut,
     /// With storage: the replies wait until the log has committed every record below this
@@ -104,6 +106,7 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
         parked_since: None,
         to_router: Vec::new(),
         to_ingest: Vec::new(),
+        sent_direct: false,
         replies: BytesMut::new(),
         replies_after: 0,
         window_acks: Vec::new(),
@@ -344,7 +347,11 @@ impl Reader<'_, '_> {
             }
             let start = if self.subscribed.insert(filter.path.clone()) {
                 let (reader, log) = ReaderKey::of(&self.conn.router_id, &filter.path);
-                Some(flow.subscribe(reader, &log))
+                let start = flow.subscribe(reader.clone(), &log);
+                if let (Some(tx), ReaderKey::Client(_)) = (&self.conn.direct, &reader) {
+                    flow.take_direct(&reader, &log, tx.clone());
+                }
+                Some(start)
             } else {
                 None
             };
@@ -419,6 +426,7 @@ impl Reader<'_, '_> {
     /// as nothing else holds them), then the barrier goes up.
     fn before_barrier(&mut self) -> Result<(), Close> {
         self.release_held()?;
+        self.flush_ingest()?;
         self.conn.barrier.raise();
         Ok(())
     }
@@ -490,6 +498,7 @@ impl Reader<'_, '_> {
                     self.replies_after = id + 1;
                 }
                 if let Some(logs) = logs {
+                    self.sent_direct |= flow.send_direct(&logs, &message);
                     flow.append(&logs, message.counted_size(), record.map(|(id, _)| id));
                     self.to_ingest.push(message);
                 }
@@ -499,11 +508,15 @@ impl Reader<'_, '_> {
         if self.held.is_empty() {
             self.unparked();
         }
-        // Appended to the mirror and to the router under one lock, in one order.
-        if !self.to_ingest.is_empty() && hub.ingest.submit(&mut self.to_ingest).is_err() {
-            return Err(Close::RouterGone);
-        }
+        // Appended to the mirror and queued for the router under one lock, in one order.
+        hub.ingest.queue(&mut self.to_ingest);
         Ok(())
+    }
+
+    /// Hands what `release_held` queued to the router.
+    fn flush_ingest(&mut self) -> Result<(), Close> {
+        self.sent_direct = false;
+        self.conn.hub.ingest.flush().map_err(|_| Close::RouterGone)
     }
 
     /// Flow control no longer holds this client: counts the time it did.
@@ -524,6 +537,12 @@ impl Reader<'_, '_> {
     async fn hand_on(&mut self, outbox: &mpsc::Sender<Outbound>) -> Result<(), Close> {
         self.conn.to_router(self.to_router.drain(..))?;
         self.release_held()?;
+        if self.sent_direct {
+            // The subscribers' direct copies go out first; the router's thread, woken now,
+            // would run beside them, and on two cores make one of them wait for a CPU.
+            tokio::task::yield_now().await;
+        }
+        self.flush_ingest()?;
         if !self.replies.is_empty() {
             let bytes = self.replies.split().freeze();
             let after = std::mem::take(&mut self.replies_after);

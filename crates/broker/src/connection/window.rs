@@ -84,6 +84,12 @@ impl Window {
         self.inflight.is_empty()
     }
 
+    /// Whether a message may go out directly now, past the router (see `direct`): under our
+    /// window, with room in it and nothing held (everything held goes first).
+    pub(super) fn takes_direct(&self) -> bool {
+        self.broker_mode && !self.paused && self.held.is_empty() && !self.full()
+    }
+
     /// From now on, forwards keep the router's window (a QoS 2 or shared subscription came).
     pub(super) fn use_routers(&mut self) {
         self.broker_mode = false;

@@ -26,6 +26,7 @@ use super::catch_up::CatchUp;
 use super::window::{self, Mode, Window};
 use super::{Close, Conn, Outbound, PendingAck};
 use crate::delivery::Delivery;
+use crate::direct::{Direct, DirectRx};
 use crate::flow::ReaderKey;
 use crate::retained::Retained;
 
@@ -53,6 +54,8 @@ pub(super) struct Writer<'a> {
     catch_up: Option<CatchUp>,
     /// When the router's acknowledgements held back must go, if any are.
     router_acks_due: Option<tokio::time::Instant>,
+    /// Room to encode a router forward the client already has, for its packet id.
+    scratch: BytesMut,
 }
 
 impl<'a> Writer<'a> {
@@ -74,6 +77,7 @@ impl<'a> Writer<'a> {
             uncommitted: VecDeque::new(),
             catch_up,
             router_acks_due: None,
+            scratch: BytesMut::new(),
         }
     }
 
@@ -98,6 +102,14 @@ impl<'a> Writer<'a> {
 async fn router_acks_due_at(due: Option<tokio::time::Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next direct message (never without a direct path).
+async fn next_direct(direct: &mut Option<DirectRx>) -> Option<Direct> {
+    match direct {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -130,6 +142,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
     mut socket: W,
     link: &mut LinkRx,
     outbox: &mut mpsc::Receiver<Outbound>,
+    direct: &mut Option<DirectRx>,
     writer: &mut Writer<'_>,
 ) -> Close {
     loop {
@@ -139,7 +152,12 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
         tokio::select! {
             () = router_acks_due_at(writer.router_acks_due) => router_acks_due = true,
             notification = link.next() => {
+                // Direct messages first: the router's copies of them may be in this batch.
+                if let Err(close) = writer.take_directs(conn, direct) {
+                    ended = Some(close);
+                }
                 match notification {
+                    Ok(_) if ended.is_some() => {}
                     Ok(notification) => {
                         writer.delivery.acknowledged(conn.acked.load(Ordering::Relaxed));
                         let mut next = notification;
@@ -164,6 +182,15 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
                         }
                     }
                     Err(_) => ended = Some(Close::RouterClosed),
+                }
+            }
+            Some(first) = next_direct(direct) => {
+                let mut taken = writer.direct(conn, first);
+                if taken.is_ok() {
+                    taken = writer.take_directs(conn, direct);
+                }
+                if let Err(close) = taken {
+                    ended = Some(close);
                 }
             }
             () = log_committed(&mut writer.committed), if !writer.uncommitted.is_empty() => {}
@@ -226,6 +253,19 @@ impl Writer<'_> {
     fn take(&mut self, conn: &Conn<'_>, notification: Notification) -> Result<bool, Close> {
         let packet = match notification {
             Notification::Forward(forward) => {
+                let offset = forward.cursor.map(|(_segment, offset)| offset);
+                if self.delivery.went_directly(&forward.publish.topic, offset) {
+                    // The client has it: the router only needs its acknowledgement.
+                    self.scratch.clear();
+                    encode(
+                        Packet::Publish(forward.publish, forward.properties),
+                        &mut self.scratch,
+                    )?;
+                    if let Some(pkid) = window::pkid_of(&self.scratch) {
+                        self.window.acknowledge_router(pkid);
+                    }
+                    return Ok(false);
+                }
                 if let Some((forward, mode)) = self.window.admit(forward) {
                     self.send(conn, forward, mode)?;
                 }
@@ -264,6 +304,41 @@ impl Writer<'_> {
         };
         encode(packet, &mut self.buf)?;
         Ok(false)
+    }
+
+    /// Takes the direct messages waiting.
+    fn take_directs(
+        &mut self,
+        conn: &Conn<'_>,
+        direct: &mut Option<DirectRx>,
+    ) -> Result<(), Close> {
+        let Some(rx) = direct.as_mut() else {
+            return Ok(());
+        };
+        while let Ok(next) = rx.try_recv() {
+            self.direct(conn, next)?;
+        }
+        Ok(())
+    }
+
+    /// A message past the router (see `direct`): sent now if the client expects it next
+    /// and our window has room, else dropped (the router's copy goes out as always).
+    fn direct(&mut self, conn: &Conn<'_>, direct: Direct) -> Result<(), Close> {
+        let Direct { offset, message } = direct;
+        if !self.window.takes_direct() || !conn.may_read(&message.topic) {
+            return Ok(());
+        }
+        let Some(qos) = self.delivery.direct_qos(&message.topic, offset) else {
+            return Ok(());
+        };
+        let pkid = if qos > 0 { self.window.own() } else { 0 };
+        let publish = publish_of_ours(&message.topic, &message.payload, qos, pkid);
+        encode(Packet::Publish(publish, None), &mut self.buf)?;
+        let stats = &conn.hub.stats;
+        stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        stats.messages_direct.fetch_add(1, Ordering::Relaxed);
+        self.delivery.sent_directly(&message.topic, offset);
+        Ok(())
     }
 
     /// Completes a SUBACK (the router's, or one the reader made) and sends the retained
@@ -521,6 +596,9 @@ impl Writer<'_> {
                 self.window.use_routers();
             }
             self.delivery.subscribed(filter, *start);
+            if conn.direct.is_some() && *qos < 2 {
+                self.delivery.take_direct(filter, *qos);
+            }
             info!(
                 "client {:?} subscribed to {filter} (QoS {qos})",
                 conn.client_id
