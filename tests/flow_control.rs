@@ -391,3 +391,49 @@ fn qos0_publishes_beyond_the_bound_are_dropped_while_held_and_the_connection_sta
     assert!(shutdown.qos0_dropped < 5000, "{}", shutdown.log);
     assert_eq!(shutdown.dropped_total, 0, "{}", shutdown.log);
 }
+
+#[test]
+fn a_subscriber_switching_to_the_routers_window_mid_stream_gets_everything_once() {
+    // A clean session under the broker's window of 10 gets paced messages directly (the
+    // router's copies are only acknowledged, in batches), then subscribes at QoS 2, which
+    // puts it under the router's window: from then on its own acknowledgements go to the
+    // router at once, and the router drops a link whose acknowledgements come out of order.
+    let broker = Broker::start_with_config("[connections]\nmax_inflight_messages = 10\n");
+    let addr = broker.addr();
+    let (mut sub, _) = Client::connect(addr, &Options::new("switcher"));
+    assert_eq!(sub.subscribe(&[("a/#", 1)]), [1]);
+    let (mut feeder, _) = Client::connect(addr, &Options::new("feeder"));
+    let mut expected = Vec::new();
+    for i in 0u32..60 {
+        feeder.publish("a/x", &i.to_be_bytes(), 1, false);
+        expected.push(("a/x".to_owned(), i));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(sub.subscribe(&[("b/#", 2)]), [2]);
+    for i in 60u32..120 {
+        let topic = if i % 2 == 0 { "a/x" } else { "b/x" };
+        feeder.publish(topic, &i.to_be_bytes(), 1, false);
+        expected.push((topic.to_owned(), i));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < expected.len() && Instant::now() < deadline {
+        if let Some(m) = sub.next_message(Duration::from_millis(500)) {
+            let n = u32::from_be_bytes(m.payload[..4].try_into().unwrap());
+            got.push((m.topic, n));
+        }
+    }
+    // Nothing more comes (no second copy), and the connection is alive.
+    assert!(sub.next_message(Duration::from_millis(300)).is_none());
+    sub.ping();
+    assert_eq!(got, expected);
+    feeder.disconnect();
+    sub.disconnect();
+    let shutdown = stop(broker);
+    assert!(
+        !shutdown.log.contains("disconnected client \"switcher\""),
+        "{}",
+        shutdown.log
+    );
+}

@@ -35,9 +35,6 @@ struct Sub {
     covered_until: Option<u64>,
     /// It takes messages directly (see `direct`), at this QoS.
     direct_qos: Option<u8>,
-    /// The client got the messages below this offset directly: the router's copies of them
-    /// are not sent again.
-    direct_until: u64,
 }
 
 impl Sub {
@@ -121,7 +118,6 @@ impl Delivery {
             ambiguity_told: false,
             covered_until: None,
             direct_qos: None,
-            direct_until: 0,
         });
         self.next_id = self.next_id.wrapping_add(1);
     }
@@ -198,10 +194,13 @@ impl Delivery {
         }
     }
 
-    /// The QoS at which a message on `topic` at `offset` may go to the client directly: one
-    /// filter of the client's matches it, takes messages directly, and expects that offset
-    /// next.
+    /// The QoS at which a message on `topic` at `offset` may go to the client directly: the
+    /// client's one filter matches it, takes messages directly, and expects that offset next.
+    /// (With one filter, the router's copies come in the order the direct messages went.)
     pub(crate) fn direct_qos(&self, topic: &[u8], offset: u64) -> Option<u8> {
+        if self.subs.len() != 1 {
+            return None;
+        }
         let sub = &self.subs[self.sole_match(topic)?];
         if sub.next != Some(offset) || sub.covered_until.is_some() {
             return None;
@@ -213,17 +212,6 @@ impl Delivery {
     /// [`Delivery::direct_qos`] said it may).
     pub(crate) fn sent_directly(&mut self, topic: &[u8], offset: u64) {
         self.forwarded(topic, Some(offset), false);
-        if let Some(i) = self.sole_match(topic) {
-            self.subs[i].direct_until = offset + 1;
-        }
-    }
-
-    /// Whether the router's forward on `topic` at `offset` went to the client directly.
-    pub(crate) fn went_directly(&self, topic: &[u8], offset: Option<u64>) -> bool {
-        match (self.sole_match(topic), offset) {
-            (Some(i), Some(offset)) => offset < self.subs[i].direct_until,
-            _ => false,
-        }
     }
 
     /// The one subscription a message on `topic` is attributed to (none if two match, or a
@@ -368,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn a_direct_message_goes_only_at_the_offset_expected_next_and_its_router_copy_is_known() {
+    fn a_direct_message_goes_only_to_a_lone_filter_at_the_offset_it_expects_next() {
         let mut d = Delivery::new(false);
         d.subscribed("s/#", Some(10));
         // Not before the filter takes direct messages.
@@ -378,17 +366,15 @@ mod tests {
         assert_eq!(d.direct_qos(b"x/1", 10), None, "not its topic");
         assert_eq!(d.direct_qos(b"s/1", 10), Some(1));
         d.sent_directly(b"s/1", 10);
-        // The router's copy is known; the next one is not, and is expected in order.
-        assert!(d.went_directly(b"s/1", Some(10)));
-        assert!(!d.went_directly(b"s/1", Some(11)));
         assert_eq!(d.direct_qos(b"s/1", 10), None, "sent already");
-        assert_eq!(d.forwarded(b"s/1", Some(11), false), None);
+        assert_eq!(d.direct_qos(b"s/1", 11), Some(1));
         // A jump after a direct message is still counted from it.
-        d.sent_directly(b"s/1", 12);
-        assert!(d.went_directly(b"s/1", Some(12)));
         let skipped = d.forwarded(b"s/1", Some(20), false).map(|s| s.count);
-        assert_eq!(skipped, Some(7));
+        assert_eq!(skipped, Some(9));
         assert_eq!(d.take_moved(), [("s/#".to_owned(), 21)]);
+        // A second filter, even one that never matches: nothing goes directly.
+        d.subscribed("other/#", Some(0));
+        assert_eq!(d.direct_qos(b"s/1", 21), None);
     }
 
     #[test]
@@ -402,7 +388,10 @@ mod tests {
         }
         assert_eq!(d.direct_qos(b"a/x", 0), None);
         assert_eq!(d.direct_qos(b"b/x", 0), None);
-        assert!(!d.went_directly(b"a/x", Some(0)));
+        let mut shared = Delivery::new(false);
+        shared.subscribed("$share/g/b/#", Some(0));
+        shared.take_direct("$share/g/b/#", 1);
+        assert_eq!(shared.direct_qos(b"b/x", 0), None);
     }
 
     #[test]

@@ -340,6 +340,8 @@ impl Reader<'_, '_> {
             });
         self.before_barrier()?;
         let mut flow = self.conn.hub.lock_flow();
+        // Everything appended to the mirror goes to the router first (see the end).
+        self.flush_ingest()?;
         let mut filters = Vec::with_capacity(granted.len());
         for filter in &granted {
             if let Some(storage) = storage {
@@ -348,7 +350,9 @@ impl Reader<'_, '_> {
             let start = if self.subscribed.insert(filter.path.clone()) {
                 let (reader, log) = ReaderKey::of(&self.conn.router_id, &filter.path);
                 let start = flow.subscribe(reader.clone(), &log);
-                if let (Some(tx), ReaderKey::Client(_)) = (&self.conn.direct, &reader) {
+                if let (Some(tx), ReaderKey::Client(_), 0..=1) =
+                    (&self.conn.direct, &reader, filter.qos as u8)
+                {
                     flow.take_direct(&reader, &log, tx.clone());
                 }
                 Some(start)
@@ -378,8 +382,9 @@ impl Reader<'_, '_> {
         }
         subscribe.filters = granted;
         self.to_router.push(Packet::Subscribe(subscribe, None));
-        // Sent while flow control is locked, so no append can come between: the router starts
-        // the new readers exactly where `subscribe` said.
+        // Sent while flow control is locked and after every append was flushed to the
+        // router, so none can come between: the router starts the new readers exactly where
+        // `subscribe` said.
         self.conn.to_router(self.to_router.drain(..))
     }
 

@@ -33,6 +33,17 @@ pub(super) enum Mode {
     Router,
 }
 
+/// What waits in the window, in the router's order. (Nearly all of it forwards: boxing
+/// them to shrink the rare skip would cost an allocation each.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Held {
+    Forward(Forward, Mode),
+    /// The router's copy of a message the client got directly (see `direct`): only its
+    /// acknowledgement goes, in its turn (the router takes acknowledgements in order).
+    Skip(u16),
+}
+
 #[derive(Debug)]
 pub(super) struct Window {
     limit: usize,
@@ -43,7 +54,7 @@ pub(super) struct Window {
     next_pkid: u16,
     /// Forwards that wait for room, in the router's order; the router has not had them
     /// acknowledged, so it holds everything after them.
-    held: VecDeque<(Forward, Mode)>,
+    held: VecDeque<Held>,
     /// Router packet ids to acknowledge on the client's behalf.
     router_acks: Vec<u16>,
     /// Every forward waits (a persistent session is being sent what it missed, first).
@@ -90,6 +101,11 @@ impl Window {
         self.broker_mode && !self.paused && self.held.is_empty() && !self.full()
     }
 
+    /// Whether forwards go under our window (not the router's).
+    pub(super) fn broker_mode(&self) -> bool {
+        self.broker_mode
+    }
+
     /// From now on, forwards keep the router's window (a QoS 2 or shared subscription came).
     pub(super) fn use_routers(&mut self) {
         self.broker_mode = false;
@@ -104,19 +120,43 @@ impl Window {
             Mode::Router
         };
         if self.paused || !self.held.is_empty() || (mode == Mode::Broker && self.full()) {
-            self.held.push_back((forward, mode));
+            self.held.push_back(Held::Forward(forward, mode));
             return None;
         }
         Some((forward, mode))
     }
 
+    /// The router's copy of a message the client got directly, with the router's packet id
+    /// (`None` at QoS 0): acknowledged to the router now, or after what is held before it.
+    pub(super) fn skip(&mut self, router_pkid: Option<u16>) {
+        let Some(pkid) = router_pkid else {
+            return;
+        };
+        if self.held.is_empty() {
+            self.router_acks.push(pkid);
+        } else {
+            self.held.push_back(Held::Skip(pkid));
+        }
+    }
+
     /// The next held forward that may go out now, if any.
     pub(super) fn release(&mut self) -> Option<(Forward, Mode)> {
-        match self.held.front() {
-            _ if self.paused => None,
-            Some((_, Mode::Broker)) if self.full() => None,
-            Some(_) => self.held.pop_front(),
-            None => None,
+        loop {
+            match self.held.front() {
+                _ if self.paused => return None,
+                Some(Held::Forward(_, Mode::Broker)) if self.full() => return None,
+                Some(Held::Skip(pkid)) => {
+                    self.router_acks.push(*pkid);
+                    self.held.pop_front();
+                }
+                Some(Held::Forward(..)) => {
+                    return match self.held.pop_front() {
+                        Some(Held::Forward(forward, mode)) => Some((forward, mode)),
+                        _ => None,
+                    };
+                }
+                None => return None,
+            }
         }
     }
 
@@ -263,6 +303,31 @@ mod tests {
         window.acked(&[101]);
         let (released, _) = window.release().expect("room again");
         assert_eq!(released.cursor, Some((0, 3)));
+    }
+
+    #[test]
+    fn the_acknowledgement_of_a_skipped_copy_waits_behind_held_forwards() {
+        let mut window = Window::new(1, true);
+        let mut buf = BytesMut::new();
+        let (f, _) = window.admit(forward(1, b"x").0).expect("room");
+        V4.write(Packet::Publish(f.publish, None), &mut buf)
+            .unwrap();
+        window.sent(&mut buf, 0);
+        assert_eq!(window.take_router_acks(), [1]);
+        assert!(window.admit(forward(2, b"x").0).is_none(), "full: held");
+        window.skip(Some(3));
+        assert!(window.take_router_acks().is_empty(), "3 after 2");
+        window.acked(&[101]);
+        let (released, _) = window.release().expect("room again");
+        assert_eq!(released.cursor, Some((0, 2)));
+        buf.clear();
+        V4.write(Packet::Publish(released.publish, None), &mut buf)
+            .unwrap();
+        window.sent(&mut buf, 0);
+        assert!(window.release().is_none());
+        assert_eq!(window.take_router_acks(), [2, 3]);
+        window.skip(Some(4));
+        assert_eq!(window.take_router_acks(), [4], "nothing held: at once");
     }
 
     #[test]

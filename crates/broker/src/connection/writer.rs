@@ -33,6 +33,9 @@ use crate::retained::Retained;
 /// Notifications taken from the router's link per write, at most.
 const MAX_BATCH: usize = 1024;
 
+/// Direct messages remembered until their router copies come, at most.
+const MAX_DIRECTS_PENDING: usize = 4096;
+
 /// The router's acknowledgements for forwards sent under our window go in batches of this
 /// many (half the router's window of 100, so it never fills) or after `ROUTER_ACK_DELAY`.
 /// Each batch wakes the router thread, which at a paced rate would otherwise run beside
@@ -56,6 +59,9 @@ pub(super) struct Writer<'a> {
     router_acks_due: Option<tokio::time::Instant>,
     /// Room to encode a router forward the client already has, for its packet id.
     scratch: BytesMut,
+    /// Messages sent directly whose router copies have not come yet: each one's offset and
+    /// payload (the router's copy shares the payload's bytes, so it is known for certain).
+    directs: VecDeque<(u64, Bytes)>,
 }
 
 impl<'a> Writer<'a> {
@@ -78,6 +84,7 @@ impl<'a> Writer<'a> {
             catch_up,
             router_acks_due: None,
             scratch: BytesMut::new(),
+            directs: VecDeque::new(),
         }
     }
 
@@ -253,17 +260,14 @@ impl Writer<'_> {
     fn take(&mut self, conn: &Conn<'_>, notification: Notification) -> Result<bool, Close> {
         let packet = match notification {
             Notification::Forward(forward) => {
-                let offset = forward.cursor.map(|(_segment, offset)| offset);
-                if self.delivery.went_directly(&forward.publish.topic, offset) {
+                if self.went_directly(&forward) {
                     // The client has it: the router only needs its acknowledgement.
                     self.scratch.clear();
                     encode(
                         Packet::Publish(forward.publish, forward.properties),
                         &mut self.scratch,
                     )?;
-                    if let Some(pkid) = window::pkid_of(&self.scratch) {
-                        self.window.acknowledge_router(pkid);
-                    }
+                    self.window.skip(window::pkid_of(&self.scratch));
                     return Ok(false);
                 }
                 if let Some((forward, mode)) = self.window.admit(forward) {
@@ -325,7 +329,10 @@ impl Writer<'_> {
     /// and our window has room, else dropped (the router's copy goes out as always).
     fn direct(&mut self, conn: &Conn<'_>, direct: Direct) -> Result<(), Close> {
         let Direct { offset, message } = direct;
-        if !self.window.takes_direct() || !conn.may_read(&message.topic) {
+        // Not while a SUBSCRIBE or UNSUBSCRIBE waits for the router's answer: the client's
+        // filters are changing.
+        if !self.window.takes_direct() || conn.barrier.is_raised() || !conn.may_read(&message.topic)
+        {
             return Ok(());
         }
         let Some(qos) = self.delivery.direct_qos(&message.topic, offset) else {
@@ -338,13 +345,40 @@ impl Writer<'_> {
         stats.messages_sent.fetch_add(1, Ordering::Relaxed);
         stats.messages_direct.fetch_add(1, Ordering::Relaxed);
         self.delivery.sent_directly(&message.topic, offset);
+        if self.directs.len() >= MAX_DIRECTS_PENDING {
+            // Its copy is long overdue; should it still come, it goes out again (a
+            // duplicate, never a loss).
+            self.directs.pop_front();
+        }
+        self.directs.push_back((offset, message.payload));
         Ok(())
+    }
+
+    /// Whether `forward` is the router's copy of a message sent directly (then forgotten).
+    fn went_directly(&mut self, forward: &Forward) -> bool {
+        let Some((_, offset)) = forward.cursor else {
+            return false;
+        };
+        let payload = &forward.publish.payload;
+        let Some(at) = self.directs.iter().position(|(o, p)| {
+            *o == offset && p.as_ptr() == payload.as_ptr() && p.len() == payload.len()
+        }) else {
+            return false;
+        };
+        // Copies come in the order the messages went; ones skipped before it are not coming.
+        self.directs.drain(..=at);
+        true
     }
 
     /// Completes a SUBACK (the router's, or one the reader made) and sends the retained
     /// messages the new subscriptions get.
     fn suback(&mut self, conn: &Conn<'_>, suback: SubAck) -> Result<(), Close> {
         let (suback, retained) = self.complete_suback(conn, suback);
+        if !self.window.broker_mode() {
+            // The window just switched to the router's (or was): what we owe the router
+            // goes before anything the client acknowledges under it.
+            self.acknowledge_router(conn, true)?;
+        }
         encode(Packet::SubAck(suback, None), &mut self.buf)?;
         self.send_retained(conn, retained)
     }
@@ -483,7 +517,9 @@ impl Writer<'_> {
             self.router_acks_due = None;
             return Ok(());
         }
-        if !all && pending < ROUTER_ACK_BATCH {
+        // Under the router's window the client's own acknowledgements go to the router at
+        // once, so ours must not wait behind them (the router takes them in order only).
+        if !all && pending < ROUTER_ACK_BATCH && self.window.broker_mode() {
             self.router_acks_due
                 .get_or_insert_with(|| tokio::time::Instant::now() + ROUTER_ACK_DELAY);
             return Ok(());
