@@ -228,9 +228,16 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
         if let Err(close) = writer.release(conn) {
             ended.get_or_insert(close);
         }
-        // The client first: the router's acknowledgements and flow control's bookkeeping
-        // wait until the batch is on its way (each wake of the router thread costs
-        // microseconds that would otherwise come before the client's copy).
+        // Under our window the client first: the router's acknowledgements and flow
+        // control's bookkeeping wait until the batch is on its way (each wake of the router
+        // thread costs microseconds that would otherwise come before the client's copy).
+        // Under the router's, ours go first: the client's own may follow the moment it has
+        // the batch, and the router takes acknowledgements in order only.
+        if !writer.window.broker_mode() {
+            if let Err(close) = writer.acknowledge_router(conn, true) {
+                ended.get_or_insert(close);
+            }
+        }
         if !writer.buf.is_empty() {
             if let Err(e) = socket.write_all(&writer.buf).await {
                 return Close::SocketError(e.kind());
@@ -260,7 +267,7 @@ impl Writer<'_> {
     fn take(&mut self, conn: &Conn<'_>, notification: Notification) -> Result<bool, Close> {
         let packet = match notification {
             Notification::Forward(forward) => {
-                if self.went_directly(&forward) {
+                if self.window.broker_mode() && self.went_directly(&forward) {
                     // The client has it: the router only needs its acknowledgement.
                     self.scratch.clear();
                     encode(
@@ -330,8 +337,12 @@ impl Writer<'_> {
     fn direct(&mut self, conn: &Conn<'_>, direct: Direct) -> Result<(), Close> {
         let Direct { offset, message } = direct;
         // Not while a SUBSCRIBE or UNSUBSCRIBE waits for the router's answer: the client's
-        // filters are changing.
-        if !self.window.takes_direct() || conn.barrier.is_raised() || !conn.may_read(&message.topic)
+        // filters are changing. Not an empty payload either: its router copy could not be
+        // told apart by its bytes.
+        if !self.window.takes_direct()
+            || conn.barrier.is_raised()
+            || message.payload.is_empty()
+            || !conn.may_read(&message.topic)
         {
             return Ok(());
         }
@@ -376,8 +387,12 @@ impl Writer<'_> {
         let (suback, retained) = self.complete_suback(conn, suback);
         if !self.window.broker_mode() {
             // The window just switched to the router's (or was): what we owe the router
-            // goes before anything the client acknowledges under it.
+            // goes before anything the client acknowledges under it. The router's copies of
+            // messages sent directly now go out again, as forwards the client acknowledges
+            // in turn (a skip acknowledged by us could overtake the client's acknowledgement
+            // of an earlier forward): duplicates, which QoS 1 allows, in this rare case.
             self.acknowledge_router(conn, true)?;
+            self.directs.clear();
         }
         encode(Packet::SubAck(suback, None), &mut self.buf)?;
         self.send_retained(conn, retained)
@@ -706,6 +721,8 @@ impl Writer<'_> {
         let Some(PendingAck::Unsubscribe { filters, .. }) = conn.take_expected(pkid) else {
             return true;
         };
+        // Router copies of the filter's messages not forwarded yet never come.
+        self.directs.clear();
         let mut flow = conn.hub.lock_flow();
         for filter in &filters {
             self.delivery.unsubscribed(filter);
