@@ -198,13 +198,14 @@ impl Delivery {
     /// client's one filter matches it, takes messages directly, and expects that offset next.
     /// (With one filter, the router's copies come in the order the direct messages went.)
     pub(crate) fn direct_qos(&self, topic: &[u8], offset: u64) -> Option<u8> {
-        if self.subs.len() != 1 {
+        let [sub] = self.subs.as_slice() else {
+            return None;
+        };
+        let topic = std::str::from_utf8(topic).ok()?;
+        if sub.next != Some(offset) || sub.covered_until.is_some() || !matches(topic, &sub.filter) {
             return None;
         }
-        let sub = &self.subs[self.sole_match(topic)?];
-        if sub.next != Some(offset) || sub.covered_until.is_some() {
-            return None;
-        }
+        // Never set for a share group's filter (`take_direct`).
         sub.direct_qos
     }
 
@@ -212,24 +213,6 @@ impl Delivery {
     /// [`Delivery::direct_qos`] said it may).
     pub(crate) fn sent_directly(&mut self, topic: &[u8], offset: u64) {
         self.forwarded(topic, Some(offset), false);
-    }
-
-    /// The one subscription a message on `topic` is attributed to (none if two match, or a
-    /// share group's).
-    fn sole_match(&self, topic: &[u8]) -> Option<usize> {
-        let topic = std::str::from_utf8(topic).ok()?;
-        let mut found = None;
-        for (i, sub) in self.subs.iter().enumerate() {
-            if matches(topic, sub.inner_filter()) {
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(i);
-            }
-        }
-        let i = found?;
-        let sub = &self.subs[i];
-        (!sub.shared && !sub.ambiguous).then_some(i)
     }
 
     /// The client got the messages of `filter`'s log below offset `until` from elsewhere
